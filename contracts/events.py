@@ -7,7 +7,7 @@ every string, so a bad report is rejected with a reason naming the field. Facts 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -52,6 +53,8 @@ ReferralId = Annotated[str, StringConstraints(pattern=r"^ref-[0-9a-f]{20}$")]
 MAX_AGE = 120
 CHILD_AGE_LIMIT = 18
 
+Age = Annotated[int, Field(ge=0, le=MAX_AGE, strict=True)]
+
 
 class Strict(BaseModel):
     """Input models: unknown fields are an error, so a typo is named instead of ignored."""
@@ -76,10 +79,20 @@ class Identity(Strict):
     phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{6,16}$")] | None = None
     birth_date: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")] | None = None
 
+    @field_validator("birth_date")
+    @classmethod
+    def _real_date(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be a real calendar date YYYY-MM-DD") from None
+        return value
+
 
 class Victim(Strict):
     pseudonym: ShortText
-    age: int = Field(ge=0, le=MAX_AGE)
+    age: Age
     sex: Sex
     nationality: Nationality
     migration_profile: MigrationProfile
@@ -100,7 +113,7 @@ class Location(Strict):
 class Consent(Strict):
     """What the victim (or guardian) agreed to share: `all`, `none`, or a list of agency types."""
 
-    share_with: Literal["all", "none"] | list[AgencyType]
+    share_with: Literal["all", "none"] | Annotated[list[AgencyType], Field(min_length=1, max_length=len(AgencyType))]
     recorded_by: Annotated[str, StringConstraints(min_length=1, max_length=120)]
     recorded_at: AwareDatetime | None = None
 
@@ -110,6 +123,11 @@ class Consent(Strict):
         if self.share_with == "none":
             return False
         return agency_type in self.share_with
+
+    @field_validator("share_with")
+    @classmethod
+    def _no_repeats(cls, value: str | list[AgencyType]) -> str | list[AgencyType]:
+        return value if isinstance(value, str) else list(dict.fromkeys(value))
 
 
 class ReportData(Strict):
@@ -126,9 +144,9 @@ class ReportData(Strict):
     consent: Consent
     narrative: Narrative | None = None
     recruitment_modus: RecruitmentModus = RecruitmentModus.UNKNOWN
-    injured: bool = False
-    still_in_exploitation: bool = False
-    has_case_manager: bool = False
+    injured: StrictBool = False
+    still_in_exploitation: StrictBool = False
+    has_case_manager: StrictBool = False
     identification_status: Literal[IdentificationStatus.REPORTED, IdentificationStatus.SUSPECTED] | None = None
 
     @field_validator("exploitation", "indicators", "needs")
@@ -137,14 +155,54 @@ class ReportData(Strict):
         return list(dict.fromkeys(value))
 
 
+class VictimUpdate(Strict):
+    """A follow-up's change to the victim: only the fields given; `identity` is merged field by field."""
+
+    pseudonym: ShortText | None = None
+    age: Age | None = None
+    sex: Sex | None = None
+    nationality: Nationality | None = None
+    migration_profile: MigrationProfile | None = None
+    disabilities: list[ShortText] | None = Field(default=None, max_length=20)
+    identity: Identity | None = None
+
+    @field_validator("pseudonym", "age", "sex", "nationality", "migration_profile", "disabilities", mode="before")
+    @classmethod
+    def _not_cleared(cls, value: Any) -> Any:
+        return _kept(value)
+
+
+class LocationUpdate(Strict):
+    """A follow-up's change to the location: only the fields given; `country: null` clears the country."""
+
+    regency: Regency | None = None
+    exploitation_location: ExploitationLocation | None = None
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+
+    @field_validator("regency", "exploitation_location", mode="before")
+    @classmethod
+    def _not_cleared(cls, value: Any) -> Any:
+        return _kept(value)
+
+
+def _kept(value: Any) -> Any:
+    if value is None:
+        raise ValueError("cannot be cleared by a follow-up; omit it to keep the current value")
+    return value
+
+
 class FollowUpData(Strict):
-    """`data` of `alur.report.submitted.v1` for a follow-up: `case_id` plus only what changed."""
+    """`data` of `alur.report.submitted.v1` for a follow-up: `case_id` plus only what changed.
+
+    Omitted fields keep their value; `null` clears only a field that is optional on the case
+    (`narrative`, `location.country`, `victim.identity` and its fields), never a required one.
+    """
 
     report_ref: Code
     case_id: CaseId
     channel: ReportChannel | None = None
-    victim: dict[str, Any] | None = None
-    location: dict[str, Any] | None = None
+    victim: VictimUpdate | None = None
+    location: LocationUpdate | None = None
     exploitation: list[ExploitationType] | None = Field(default=None, max_length=len(ExploitationType))
     indicators: list[Indicator] | None = Field(default=None, max_length=len(Indicator))
     needs: list[Need] | None = Field(default=None, max_length=len(Need))
@@ -152,10 +210,41 @@ class FollowUpData(Strict):
     consent: Consent | None = None
     narrative: Narrative | None = None
     recruitment_modus: RecruitmentModus | None = None
-    injured: bool | None = None
-    still_in_exploitation: bool | None = None
-    has_case_manager: bool | None = None
+    injured: StrictBool | None = None
+    still_in_exploitation: StrictBool | None = None
+    has_case_manager: StrictBool | None = None
     identification_status: IdentificationStatus | None = None
+
+    @field_validator(
+        "channel",
+        "victim",
+        "location",
+        "exploitation",
+        "indicators",
+        "needs",
+        "risk",
+        "consent",
+        "recruitment_modus",
+        "injured",
+        "still_in_exploitation",
+        "has_case_manager",
+        "identification_status",
+        mode="before",
+    )
+    @classmethod
+    def _not_cleared(cls, value: Any) -> Any:
+        return _kept(value)
+
+    @field_validator("exploitation", "indicators", "needs")
+    @classmethod
+    def _no_repeats(cls, value: list[Any] | None) -> list[Any] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> FollowUpData:
+        if not self.model_fields_set - {"report_ref", "case_id"}:
+            raise ValueError("a follow-up must carry at least one changed field besides report_ref and case_id")
+        return self
 
 
 # ---------------------------------------------------------------- cases (facts)

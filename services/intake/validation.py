@@ -1,0 +1,243 @@
+"""Admission of a report: bytes from an agency become a validated report, or a rejection with reasons.
+
+The transport (the NATS subject, or the HTTP token) decides who the reporter is; the body's `source`
+is only compared with it. Nothing here raises on bad input: every outcome is a `ParsedReport` or a
+`Rejection` whose reasons name each field and what is wrong, never what the victim's record says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from contracts.envelope import CloudEvent, derived_id, event_type
+from contracts.events import CaseRejectedData, FollowUpData, ReportData
+from contracts.vocab import AGENCY_ID_RE
+from services.intake.reasons import reason, reasons_from, safe_code, unique
+
+MAX_REPORT_BYTES = 64 * 1024
+SUBMITTED_TYPE = event_type("report", "submitted")
+FOLLOWUP_TYPE = event_type("report", "followup")
+REPORT_TYPES = frozenset({SUBMITTED_TYPE, FOLLOWUP_TYPE})
+REJECTED_TYPE = event_type("case", "rejected")
+INTAKE_SOURCE = "alur/intake"
+
+REPORT_REF_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+HTTP_BAD_REQUEST = 400
+HTTP_TOO_LARGE = 413
+HTTP_UNPROCESSABLE = 422
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReport:
+    """A report that passed validation: a new case (`ReportData`) or a follow-up (`FollowUpData`)."""
+
+    event_id: str | None
+    report_ref: str
+    reporter: str
+    data: ReportData | FollowUpData
+    is_followup: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused report: what could be read of its identity, and every reason it was refused."""
+
+    reasons: list[str]
+    http_status: int = HTTP_UNPROCESSABLE
+    report_ref: str | None = None
+    event_id: str | None = None
+
+    def to_data(self, reporter: str, stream_seq: int | None = None) -> CaseRejectedData:
+        """The `data` of `alur.case.rejected.<agency>`."""
+        return CaseRejectedData(
+            report_ref=self.report_ref,
+            reporter=reporter,
+            event_id=self.event_id,
+            reasons=self.reasons,
+            stream_seq=stream_seq,
+        )
+
+
+def parse_report(
+    raw: bytes,
+    *,
+    reporter: str,
+    known_agencies: Collection[str],
+    max_bytes: int = MAX_REPORT_BYTES,
+) -> ParsedReport | Rejection:
+    """A whole CloudEvent from `alur.report.<reporter>` (or an HTTP body holding one)."""
+    body = _load(raw, max_bytes)
+    if isinstance(body, Rejection):
+        return body
+    return parse_report_event(body, reporter=reporter, known_agencies=known_agencies)
+
+
+def parse_http_report(
+    raw: bytes,
+    *,
+    reporter: str,
+    known_agencies: Collection[str],
+    max_bytes: int = MAX_REPORT_BYTES,
+) -> ParsedReport | Rejection:
+    """An HTTP `POST /v1/reports` body: either a whole CloudEvent or only its `data` object."""
+    body = _load(raw, max_bytes)
+    if isinstance(body, Rejection):
+        return body
+    if "specversion" in body or "data" in body:
+        return parse_report_event(body, reporter=reporter, known_agencies=known_agencies)
+    return parse_report_data(body, reporter=reporter, known_agencies=known_agencies)
+
+
+def parse_report_event(
+    event: Mapping[str, Any], *, reporter: str, known_agencies: Collection[str]
+) -> ParsedReport | Rejection:
+    """A decoded CloudEvent: its envelope, then its `data`."""
+    reasons: list[str] = []
+    if "specversion" not in event:
+        reasons.append(reason(["specversion"], "required (a CloudEvents 1.0 event)"))
+    try:
+        CloudEvent[Any].model_validate(event)
+    except ValidationError as error:
+        reasons += reasons_from(error, prefix=())
+    kind = event.get("type")
+    if isinstance(kind, str) and kind not in REPORT_TYPES and not any(r.startswith("type:") for r in reasons):
+        reasons.append(reason(["type"], f"must be {SUBMITTED_TYPE}" + _quoted(kind, "not")))
+    event_id = _clean(event.get("id"), EVENT_ID_RE)
+    data = event.get("data")
+    if "data" in event and not isinstance(data, Mapping):
+        reasons.append(reason(["data"], "must be an object"))
+    warnings: list[str] = []
+    source = event.get("source")
+    if isinstance(source, str) and source != reporter:
+        warnings.append(
+            reason(["source"], "differs from the sending agency; the transport identity decides the reporter")
+        )
+    if isinstance(data, Mapping):
+        if kind == FOLLOWUP_TYPE and "case_id" not in data:
+            reasons.append(reason(["data", "case_id"], f"required for {FOLLOWUP_TYPE}"))
+        outcome = parse_report_data(data, reporter=reporter, known_agencies=known_agencies, event_id=event_id)
+        if isinstance(outcome, Rejection):
+            reasons += outcome.reasons
+        elif not reasons:
+            return replace(outcome, warnings=[*warnings, *outcome.warnings])
+    elif reporter not in known_agencies:
+        reasons.append(_unknown_reporter(reporter))
+    return Rejection(
+        reasons=unique(reasons),
+        report_ref=_report_ref_of(data),
+        event_id=event_id,
+    )
+
+
+def parse_report_data(
+    data: object,
+    *,
+    reporter: str,
+    known_agencies: Collection[str],
+    event_id: str | None = None,
+) -> ParsedReport | Rejection:
+    """Only the `data` of a report (the HTTP short form): a new report, or a follow-up when it has `case_id`."""
+    if not isinstance(data, Mapping):
+        return Rejection(reasons=[reason(["data"], "must be a JSON object")], http_status=HTTP_BAD_REQUEST)
+    reasons: list[str] = []
+    if reporter not in known_agencies:
+        reasons.append(_unknown_reporter(reporter))
+    is_followup = "case_id" in data
+    model: type[ReportData] | type[FollowUpData] = FollowUpData if is_followup else ReportData
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as error:
+        reasons += reasons_from(error, prefix=("data",))
+        parsed = None
+    if parsed is None or reasons:
+        return Rejection(reasons=unique(reasons), report_ref=_report_ref_of(data), event_id=event_id)
+    return ParsedReport(
+        event_id=event_id,
+        report_ref=parsed.report_ref,
+        reporter=reporter,
+        data=parsed,
+        is_followup=is_followup,
+    )
+
+
+def rejected_event(
+    rejection: Rejection,
+    *,
+    reporter: str,
+    stream_seq: int | None = None,
+    time: datetime | None = None,
+) -> CloudEvent[CaseRejectedData]:
+    """`alur.case.rejected.v1`; its id derives from the input (event id or stream sequence) so a replay repeats it."""
+    anchor = rejection.event_id or (str(stream_seq) if stream_seq is not None else None)
+    return CloudEvent[CaseRejectedData].build(
+        type=REJECTED_TYPE,
+        source=INTAKE_SOURCE,
+        subject=rejection.report_ref,
+        data=rejection.to_data(reporter, stream_seq),
+        id=derived_id("case.rejected", reporter, anchor) if anchor else None,
+        time=time,
+    )
+
+
+def _load(raw: bytes, max_bytes: int) -> dict[str, Any] | Rejection:
+    if len(raw) > max_bytes:
+        return Rejection(
+            reasons=[reason(["body"], f"{len(raw)} bytes is more than the limit of {max_bytes} bytes")],
+            http_status=HTTP_TOO_LARGE,
+        )
+    try:
+        body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as duplicate:
+        return Rejection(reasons=[reason(["body"], str(duplicate))], http_status=HTTP_BAD_REQUEST)
+    except RecursionError:
+        return Rejection(reasons=[reason(["body"], "is nested too deeply")], http_status=HTTP_BAD_REQUEST)
+    except ValueError:
+        return Rejection(reasons=[reason(["body"], "is not valid JSON (UTF-8)")], http_status=HTTP_BAD_REQUEST)
+    if not isinstance(body, dict):
+        return Rejection(reasons=[reason(["body"], "must be a JSON object")], http_status=HTTP_BAD_REQUEST)
+    return body
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey("has a key more than once in one object" + _quoted(key, "repeated"))
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _quoted(value: object, verb: str) -> str:
+    code = safe_code(value)
+    return f" ({verb} '{code}')" if code else ""
+
+
+def _clean(value: object, pattern: re.Pattern[str]) -> str | None:
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
+
+
+def _report_ref_of(data: object) -> str | None:
+    return _clean(data.get("report_ref"), REPORT_REF_RE) if isinstance(data, Mapping) else None
+
+
+def _unknown_reporter(reporter: str) -> str:
+    shown = f" '{reporter}'" if AGENCY_ID_RE.match(reporter) else ""
+    return reason(["reporter"], f"the sending agency{shown} is not in the registry")

@@ -1,0 +1,455 @@
+"""Cases from reports: screening, the reference case, follow-up merges, events, duplicate matching, regions."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts.envelope import CloudEvent
+from contracts.events import Case, CaseEventData, Consent, FollowUpData, ReportData, VictimUpdate
+from contracts.vocab import AgencyType, AgeGroup, IdentificationStatus, Indicator, Need, RecruitmentModus, Risk
+from services.intake.cases import case_event, case_id_for, case_not_found, merge_followup, new_case
+from services.intake.matching import link, match_key_from_env, match_keys
+from services.intake.regions import RegionCounts, count, report
+from services.intake.screening import screen
+from services.intake.validation import ParsedReport, Rejection, parse_report
+
+REPORTER = "bp3mi-kalsel"
+AGENCIES = frozenset({"bp3mi-kalsel", "polda-kalsel", "dinkes-kalsel"})
+NIK = "6371015507100003"
+KEY = b"test-match-key-0123456789abcdef"
+NOW = datetime(2026, 11, 20, 0, 20, tzinfo=UTC)
+LATER = NOW + timedelta(hours=3)
+
+REFERENCE_DATA: dict[str, Any] = {
+    "report_ref": "BP3MI-KS-2026-0412",
+    "channel": "bp3mi",
+    "victim": {
+        "pseudonym": "KS-0412",
+        "age": 16,
+        "sex": "female",
+        "nationality": "wni",
+        "migration_profile": "pmi_non_procedural",
+        "disabilities": [],
+        "identity": {"name": "Siti A.", "nik": NIK, "phone": "+62811000111"},
+    },
+    "location": {"regency": "6371", "exploitation_location": "abroad", "country": "MY"},
+    "exploitation": ["forced_labour", "domestic_servitude"],
+    "indicators": ["FL02", "FL07", "FL08"],
+    "needs": ["medical", "psychological", "shelter", "repatriation", "legal_aid"],
+    "risk": "high",
+    "consent": {"share_with": "all", "recorded_by": "bp3mi-kalsel/officer-17"},
+    "narrative": "Recruited via social media for a restaurant job; passport held by the employer.",
+}
+
+
+def event(data: dict[str, Any], event_id: str = "7d1f6a1e-2f0b-4c59-9a53-0b8d4c2c1e01") -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": REPORTER,
+            "type": "alur.report.submitted.v1",
+            "time": "2026-11-20T08:15:00+08:00",
+            "data": data,
+        }
+    ).encode()
+
+
+def parsed(data: dict[str, Any] | None = None, reporter: str = REPORTER) -> ParsedReport:
+    outcome = parse_report(event(data or REFERENCE_DATA), reporter=reporter, known_agencies=AGENCIES)
+    assert isinstance(outcome, ParsedReport), outcome
+    return outcome
+
+
+def reference_case(**changes: Any) -> Case:
+    data = copy.deepcopy(REFERENCE_DATA)
+    data.update(changes)
+    return new_case(parsed(data), NOW)
+
+
+def followup(case: Case, **fields: Any) -> FollowUpData:
+    return FollowUpData.model_validate({"report_ref": "BP3MI-KS-2026-0412-F1", "case_id": case.case_id, **fields})
+
+
+# ---------------------------------------------------------------- screening
+
+
+def report_with(
+    indicators: list[str], exploitation: list[str], age: int = 30, risk: str = "low", **flags: bool
+) -> ReportData:
+    data = copy.deepcopy(REFERENCE_DATA)
+    data.update(indicators=indicators, exploitation=exploitation, risk=risk, **flags)
+    data["victim"]["age"] = age
+    return ReportData.model_validate(data)
+
+
+SCREENING = [
+    pytest.param([], [], 30, {}, "insufficient_information", "low", [], id="nothing"),
+    pytest.param(["FL07"], [], 30, {}, "insufficient_information", "low", [], id="one-ilo-not-means"),
+    pytest.param(["FL07", "FL08"], [], 30, {}, "possible_trafficking", "low", [], id="two-ilo"),
+    pytest.param([], ["forced_labour"], 30, {}, "possible_trafficking", "low", [], id="purpose-only"),
+    pytest.param(["act_recruit"], ["forced_labour"], 30, {}, "possible_trafficking", "low", [], id="adult-no-means"),
+    pytest.param(
+        ["act_recruit", "means_deception"], ["forced_labour"], 30, {}, "likely_trafficking", "low", [],
+        id="adult-act-means-purpose",
+    ),
+    pytest.param(
+        ["act_transport", "FL09", "purpose_exploitation"], [], 30, {}, "likely_trafficking", "low", [],
+        id="ilo-debt-bondage-is-means",
+    ),
+    pytest.param(
+        ["act_recruit"], ["sexual_exploitation"], 15, {}, "likely_trafficking", "high", ["child"],
+        id="child-needs-no-means",
+    ),
+    pytest.param(
+        [], [], 30, {"still_in_exploitation": True, "injured": True}, "insufficient_information", "high",
+        ["still_in_exploitation", "injured"], id="raised-by-danger",
+    ),
+    pytest.param([], [], 17, {}, "insufficient_information", "high", ["child"], id="child-is-high-risk"),
+    pytest.param([], [], 18, {}, "insufficient_information", "low", [], id="eighteen-is-adult"),
+]
+
+
+@pytest.mark.parametrize(("indicators", "exploitation", "age", "flags", "result", "risk", "raised"), SCREENING)
+def test_screening(
+    indicators: list[str],
+    exploitation: list[str],
+    age: int,
+    flags: dict[str, bool],
+    result: str,
+    risk: str,
+    raised: list[str],
+) -> None:
+    screening = screen(report_with(indicators, exploitation, age, **flags))
+
+    assert screening.result == result
+    assert screening.risk == Risk(risk)
+    assert screening.risk_raised_because == raised
+    assert set(screening.legal_elements) == {"act", "means", "purpose"}
+
+
+# ---------------------------------------------------------------- the reference case
+
+
+def test_reference_report_becomes_a_child_high_risk_case() -> None:
+    case = new_case(parsed(), NOW)
+
+    assert re.fullmatch(r"case-[0-9a-f]{20}", case.case_id)
+    assert case.case_id == case_id_for(REPORTER, "BP3MI-KS-2026-0412") == new_case(parsed(), LATER).case_id
+    assert case.age_group is AgeGroup.CHILD
+    assert case.risk is Risk.HIGH
+    assert case.regency.value == "6371"
+    assert case.report_refs == ["BP3MI-KS-2026-0412"]
+    assert case.identification_status is IdentificationStatus.SUSPECTED
+    assert case.screening is not None
+    assert case.screening.result == "possible_trafficking"
+    assert case.screening.legal_elements == {"act": False, "means": True, "purpose": True}
+    assert case.screening.forced_labour_indicators == 3
+    assert case.screening.risk_raised_because == ["child"]
+    assert Case.model_validate_json(case.model_dump_json()) == case
+
+
+def test_case_id_depends_on_reporter_and_ref() -> None:
+    assert case_id_for("polda-kalsel", "BP3MI-KS-2026-0412") != case_id_for(REPORTER, "BP3MI-KS-2026-0412")
+    assert case_id_for(REPORTER, "A-1") != case_id_for(REPORTER, "A-2")
+
+
+def test_status_given_by_reporter_is_kept() -> None:
+    assert reference_case(identification_status="reported").identification_status is IdentificationStatus.REPORTED
+    assert reference_case(indicators=[]).identification_status is IdentificationStatus.REPORTED
+
+
+def test_a_followup_does_not_open_a_case() -> None:
+    case = reference_case()
+    data = {"report_ref": "F-1", "case_id": case.case_id, "needs": ["education"]}
+    with pytest.raises(ValueError):
+        new_case(parsed(data), NOW)
+
+
+def test_case_events_are_stable_across_replays() -> None:
+    case = reference_case()
+
+    first = case_event(case, "BP3MI-KS-2026-0412", [], "registered")
+    again = case_event(new_case(parsed(), NOW), "BP3MI-KS-2026-0412", [], "registered")
+
+    assert first.id == again.id
+    assert first.to_bytes() == again.to_bytes()
+    assert first.type == "alur.case.registered.v1"
+    assert first.subject == case.case_id
+    decoded = CloudEvent[CaseEventData].model_validate_json(first.to_bytes())
+    assert decoded.data.case_id == case.case_id
+    assert decoded.data.reporter == REPORTER
+    assert decoded.data.regency.value == "6371"
+    assert case_event(case, "OTHER-REF", ["needs"], "updated").id != first.id
+
+
+# ---------------------------------------------------------------- follow-ups
+
+
+def test_followup_adds_needs_and_reports_only_new_ones() -> None:
+    case = reference_case()
+
+    outcome = merge_followup(case, followup(case, needs=["medical", "education"], injured=True), REPORTER, LATER)
+
+    assert not isinstance(outcome, Rejection)
+    merged, changed, new_needs = outcome
+    assert new_needs == [Need.EDUCATION]
+    assert merged.needs == [*case.needs, Need.EDUCATION]
+    assert changed == ["needs", "injured", "screening"]
+    assert merged.version == 2
+    assert merged.report_refs == ["BP3MI-KS-2026-0412", "BP3MI-KS-2026-0412-F1"]
+    assert merged.updated_at == LATER and merged.registered_at == NOW
+    assert merged.screening is not None and merged.screening.risk_raised_because == ["child", "injured"]
+
+
+def test_followup_merges_victim_fields_and_keeps_the_rest() -> None:
+    case = reference_case()
+
+    outcome = merge_followup(
+        case, followup(case, victim={"age": 19, "identity": {"phone": "+62811999000"}}), REPORTER, LATER
+    )
+
+    assert not isinstance(outcome, Rejection)
+    merged, changed, new_needs = outcome
+    assert merged.victim.age == 19 and merged.age_group is AgeGroup.ADULT
+    assert merged.victim.identity is not None
+    assert merged.victim.identity.nik == NIK and merged.victim.identity.phone == "+62811999000"
+    assert merged.risk is Risk.HIGH
+    assert changed == ["victim.age", "victim.identity", "age_group", "screening"]
+    assert new_needs == []
+
+
+def test_followup_union_never_removes_and_status_advances() -> None:
+    case = reference_case()
+
+    outcome = merge_followup(
+        case,
+        followup(
+            case,
+            indicators=["act_recruit"],
+            exploitation=["debt_bondage"],
+            identification_status="identified_by_police",
+            recruitment_modus="social_media_job_offer",
+        ),
+        "polda-kalsel",
+        LATER,
+    )
+
+    assert not isinstance(outcome, Rejection)
+    merged, changed, _ = outcome
+    assert merged.indicators == [Indicator.FL02, Indicator.FL07, Indicator.FL08, Indicator.ACT_RECRUIT]
+    assert len(merged.exploitation) == 3
+    assert merged.identification_status is IdentificationStatus.IDENTIFIED_BY_POLICE
+    assert merged.recruitment_modus is RecruitmentModus.SOCIAL_MEDIA_JOB_OFFER
+    assert merged.screening is not None and merged.screening.result == "likely_trafficking"
+    assert merged.report_refs[-1] == "polda-kalsel/BP3MI-KS-2026-0412-F1"
+    assert merged.reporter == REPORTER
+    assert "identification_status" in changed and "screening" in changed
+
+
+def test_followup_replaces_consent_and_clears_narrative() -> None:
+    case = reference_case()
+    consent = {"share_with": ["police", "health"], "recorded_by": "polda-kalsel/officer-2"}
+
+    outcome = merge_followup(case, followup(case, consent=consent, narrative=None), REPORTER, LATER)
+
+    assert not isinstance(outcome, Rejection)
+    merged, changed, _ = outcome
+    assert isinstance(merged.consent, Consent) and not merged.consent.covers(AgencyType.LABOUR)
+    assert merged.narrative is None
+    assert changed == ["consent", "narrative"]
+    assert Case.model_validate_json(merged.model_dump_json()) == merged
+
+
+def test_followup_replay_changes_nothing() -> None:
+    case = reference_case()
+    first = merge_followup(case, followup(case, needs=["education"]), REPORTER, LATER)
+    assert not isinstance(first, Rejection)
+
+    again = merge_followup(first[0], followup(case, needs=["education"]), REPORTER, LATER + timedelta(hours=1))
+
+    assert again == (first[0], [], [])
+
+
+def test_followup_that_moves_identification_back_is_rejected() -> None:
+    case = reference_case()
+
+    outcome = merge_followup(case, followup(case, identification_status="reported"), REPORTER, LATER)
+
+    assert isinstance(outcome, Rejection)
+    assert outcome.reasons == ["data.identification_status: cannot go back from suspected to reported"]
+    assert outcome.report_ref == "BP3MI-KS-2026-0412-F1"
+
+
+def test_followup_invalid_after_merge_is_rejected_without_identity() -> None:
+    case = reference_case()
+    unchecked = FollowUpData.model_construct(
+        report_ref="F-2",
+        case_id=case.case_id,
+        victim=VictimUpdate.model_construct(age=500, pseudonym="", _fields_set={"age", "pseudonym"}),
+        _fields_set={"report_ref", "case_id", "victim"},
+    )
+
+    outcome = merge_followup(case, unchecked, REPORTER, LATER)
+
+    assert isinstance(outcome, Rejection)
+    assert outcome.reasons == [
+        "data.victim.pseudonym: must not be empty",
+        "data.victim.age: must be between 0 and 120",
+    ]
+    assert not any(NIK in r or "Siti" in r for r in outcome.reasons)
+
+
+def test_followup_for_another_case_is_a_programming_error() -> None:
+    case = reference_case()
+    other = FollowUpData(report_ref="F-3", case_id="case-00000000000000000000", needs=[Need.EDUCATION])
+    with pytest.raises(ValueError):
+        merge_followup(case, other, REPORTER, LATER)
+
+
+def test_unknown_case_rejection_names_the_field() -> None:
+    data = {"report_ref": "F-1", "case_id": "case-00000000000000000000", "needs": ["education"]}
+    rejection = case_not_found(parsed(data))
+    assert rejection.reasons == ["data.case_id: no case has this id"]
+    assert rejection.report_ref == "F-1"
+
+
+# ---------------------------------------------------------------- duplicate matching
+
+
+def test_same_nik_from_two_agencies_shares_a_key_that_hides_the_nik() -> None:
+    bp3mi = reference_case()
+    polda_data = copy.deepcopy(REFERENCE_DATA)
+    polda_data["report_ref"] = "LP-2026-88"
+    polda_data["victim"].update(pseudonym="P-88", age=17)
+    polda_data["location"]["regency"] = "6372"
+    polda = new_case(parsed(polda_data, reporter="polda-kalsel"), NOW)
+
+    bp3mi_keys, polda_keys = match_keys(bp3mi, KEY), match_keys(polda, KEY)
+
+    assert bp3mi_keys[0] == polda_keys[0] and bp3mi_keys[0].startswith("nik:")
+    assert bp3mi_keys[1] != polda_keys[1]
+    for key in bp3mi_keys + polda_keys:
+        assert NIK not in key and "KS-0412" not in key
+    assert match_keys(bp3mi, b"another-secret-key-0123456789") != bp3mi_keys
+
+
+def test_pseudonym_age_regency_key_ignores_spelling() -> None:
+    a = reference_case()
+    data = copy.deepcopy(REFERENCE_DATA)
+    data["report_ref"] = "OTHER-1"
+    data["victim"]["pseudonym"] = "ks 0412"
+    data["victim"]["identity"] = None
+    b = new_case(parsed(data, reporter="dinkes-kalsel"), NOW)
+
+    assert match_keys(b, KEY) == [match_keys(a, KEY)[1]]
+
+
+def test_match_key_must_be_a_real_secret() -> None:
+    with pytest.raises(ValueError):
+        match_keys(reference_case(), b"short")
+    with pytest.raises(ValueError):
+        match_key_from_env({})
+    assert match_key_from_env({"ALUR_MATCH_KEY": KEY.decode()}) == KEY
+
+
+def test_link_flags_and_never_merges() -> None:
+    case = reference_case()
+    other = "case-00000000000000000001"
+
+    linked = link(case, [other, case.case_id, other])
+
+    assert linked.possible_duplicates == [other]
+    assert linked.victim == case.victim and linked.needs == case.needs
+    assert linked.version == case.version + 1
+    assert link(linked, [other]) is linked
+    with pytest.raises(ValueError):
+        link(case, ["Siti A."])
+
+
+# ---------------------------------------------------------------- regions
+
+
+def regional_case(i: int, regency: str, modus: str, at: datetime) -> Case:
+    data = copy.deepcopy(REFERENCE_DATA)
+    data.update(report_ref=f"R-{regency}-{i}", recruitment_modus=modus, exploitation=["forced_labour"])
+    data["location"]["regency"] = regency
+    return new_case(parsed(data), at)
+
+
+def test_count_keys_are_regency_dimension_value_month_in_wita() -> None:
+    late_utc = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)
+
+    keys = count(regional_case(0, "6371", "social_media_job_offer", late_utc))
+
+    assert keys == [
+        "6371.cases.all.2026-12",
+        "6371.exploitation.forced_labour.2026-12",
+        "6371.modus.social_media_job_offer.2026-12",
+    ]
+
+
+def test_regions_report_suppresses_groups_under_ten() -> None:
+    cases = [regional_case(i, "6371", "social_media_job_offer", NOW) for i in range(10)]
+    cases += [regional_case(i, "6311", "sponsor_calo", NOW) for i in range(9)]
+
+    rows = report(cases)
+
+    assert {(r.regency, r.dimension, r.value, r.cases) for r in rows} == {
+        ("6371", "cases", "all", 10),
+        ("6371", "exploitation", "forced_labour", 10),
+        ("6371", "modus", "social_media_job_offer", 10),
+    }
+    assert all(r.month == "2026-11" and r.regency_name == "Kota Banjarmasin" for r in rows)
+    assert report(RegionCounts.of(cases).counters) == rows
+    assert report(cases[:9]) == []
+    assert {r.regency for r in report(cases, min_group=9)} == {"6371", "6311"}
+
+
+def test_regions_ignore_foreign_counter_keys() -> None:
+    assert report({"9999.cases.all.2026-11": 50, "garbage": 99}) == []
+
+
+followup_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "needs": st.lists(st.sampled_from([n.value for n in Need]), max_size=4),
+        "indicators": st.lists(st.sampled_from([i.value for i in Indicator]), max_size=4),
+        "identification_status": st.sampled_from([s.value for s in IdentificationStatus]),
+        "risk": st.sampled_from(["high", "medium", "low"]),
+        "injured": st.booleans(),
+        "still_in_exploitation": st.booleans(),
+        "narrative": st.none() | st.text(max_size=20),
+        "victim": st.fixed_dictionaries(
+            {},
+            optional={"age": st.integers(0, 120), "identity": st.fixed_dictionaries({}, optional={"nik": st.none()})},
+        ),
+        "location": st.fixed_dictionaries(
+            {}, optional={"regency": st.sampled_from(["6301", "6372"]), "country": st.none()}
+        ),
+    },
+).filter(bool)
+
+
+@settings(max_examples=150)
+@given(followup_fields)
+def test_any_valid_followup_merges_or_is_rejected(fields: dict[str, Any]) -> None:
+    case = reference_case()
+
+    outcome = merge_followup(case, followup(case, **fields), REPORTER, LATER)
+
+    if isinstance(outcome, Rejection):
+        assert outcome.reasons and all(r.startswith("data.") for r in outcome.reasons)
+    else:
+        merged, changed, new_needs = outcome
+        assert set(case.needs) <= set(merged.needs) and set(new_needs) == set(merged.needs) - set(case.needs)
+        assert merged.version == case.version + 1 and merged.case_id == case.case_id
+        assert all(n.split(".")[0] in Case.model_fields for n in changed)
