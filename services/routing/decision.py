@@ -1,0 +1,125 @@
+"""What routing decides for a case: the referrals to make, those withheld, and the trace of every rule."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from contracts.events import CaseId, ReferralId, ReferralRequestedData, RuleReason
+from contracts.vocab import AgencyType, Priority, Regency, Service
+
+
+def referral_id(case_id: str, agency_type: AgencyType | str, service: Service | str, *more: str) -> str:
+    """`ref-` + 20 hex of sha256 over the keys: stable, so a replay or follow-up never refers twice.
+
+    A reroute adds the new agency's id to the keys, so it gets an id of its own.
+    """
+    keys = [case_id, str(agency_type), str(service), *more]
+    return "ref-" + hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:20]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuleTrace(Model):
+    """One rule's outcome for the case: fired or not, and why (condition and non-identifying facts)."""
+
+    rule_id: str
+    fired: bool
+    why: str
+    error: str | None = None
+
+
+class WithheldReferral(Model):
+    """A referral the rules asked for but that was not made: for want of consent, or no agency at all."""
+
+    agency_type: AgencyType
+    service: Service
+    reason: str
+    rule_ids: list[str]
+
+
+class AlreadyReferred(Model):
+    """A referral the rules ask for that was already issued for this case (given in `existing`)."""
+
+    referral_id: ReferralId
+    agency_type: AgencyType
+    service: Service
+
+
+class PlannedReferral(Model):
+    """A referral to publish. `agency_type` is the type the rules asked for (it keys `referral_id`);
+    the agency may be of `receiving_type` when a fallback or the secretariat takes it (see `resolution`).
+    """
+
+    referral_id: ReferralId
+    case_id: CaseId
+    agency: str
+    agency_type: AgencyType
+    receiving_type: AgencyType
+    service: Service
+    priority: Priority
+    due: AwareDatetime
+    reasons: list[RuleReason] = Field(min_length=1)
+    case: dict[str, Any]
+    regency: Regency | None
+    resolution: str
+    sla_hours: float | None = None
+    statutory_clock: str | None = None
+    replaces: ReferralId | None = None
+    requested_at: AwareDatetime
+
+    @property
+    def overridden(self) -> bool:
+        """Whether the referral was made against the victim's consent because the law requires it."""
+        return any(r.override for r in self.reasons)
+
+    def to_event_data(self, ruleset_version: str) -> ReferralRequestedData:
+        """The `data` of `alur.referral.requested.v1`."""
+        return ReferralRequestedData(
+            referral_id=self.referral_id,
+            case_id=self.case_id,
+            agency=self.agency,
+            agency_type=self.agency_type,
+            service=self.service,
+            priority=self.priority,
+            due=self.due,
+            reasons=self.reasons,
+            ruleset_version=ruleset_version,
+            case=self.case,
+            regency=self.regency,
+            sla_hours=self.sla_hours,
+            statutory_clock=self.statutory_clock,
+            replaces=self.replaces,
+            resolution=self.resolution,
+            requested_at=self.requested_at,
+        )
+
+
+class Decision(Model):
+    """Routing's decision for one case under one rule pack; `input_hash` ties it to what the rules saw."""
+
+    case_id: CaseId
+    ruleset_version: str
+    ruleset_digest: str
+    input_hash: str
+    decided_at: datetime
+    referrals: list[PlannedReferral] = Field(default_factory=list)
+    withheld: list[WithheldReferral] = Field(default_factory=list)
+    unroutable: list[WithheldReferral] = Field(default_factory=list)
+    already_referred: list[AlreadyReferred] = Field(default_factory=list)
+    trace: list[RuleTrace] = Field(default_factory=list)
+
+    @property
+    def fired(self) -> list[str]:
+        """Ids of the rules that fired, in pack order."""
+        return [t.rule_id for t in self.trace if t.fired]
+
+    @property
+    def errors(self) -> list[RuleTrace]:
+        """Rules whose condition failed at run time (treated as not fired; alert on these)."""
+        return [t for t in self.trace if t.error]
