@@ -8,6 +8,7 @@ names where the message lies and why, then acks — the message itself stays in 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -131,7 +132,8 @@ def make_broker(
         graceful_timeout=10.0,
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
-        log_level=20,
+        logger=logging.getLogger(f"faststream.{service}"),
+        log_level=logging.DEBUG,
     )
 
 

@@ -26,7 +26,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from pydantic import BaseModel, ConfigDict, Field
 
 from alur.registry import Agency, AgencyRegistry
-from contracts.vocab import Channel
+from contracts.vocab import AgencyType, Channel
 
 TOPOLOGY_FILE = Path(__file__).resolve().parents[1] / "deploy" / "topology.yaml"
 
@@ -69,14 +69,17 @@ class Topology(BaseModel):
     streams: dict[str, StreamSpec]
     consumers: list[ConsumerSpec]
     agency_consumer: ConsumerSpec
+    coordinator_filters: list[str] = Field(default_factory=list)
     kv: dict[str, BucketSpec] = Field(default_factory=dict)
 
-    def consumer_for_agency(self, agency_id: str) -> ConsumerSpec:
+    def consumer_for_agency(self, agency_id: str, coordinator: bool = False) -> ConsumerSpec:
+        """The durable consumer of one agency; the coordinator's also hears every escalation."""
         spec = self.agency_consumer
+        filters = [s.format(agency=agency_id) for s in spec.filter_subjects]
         return spec.model_copy(
             update={
                 "durable": spec.durable.format(agency=agency_id),
-                "filter_subjects": [s.format(agency=agency_id) for s in spec.filter_subjects],
+                "filter_subjects": filters + (self.coordinator_filters if coordinator else []),
             }
         )
 
@@ -179,7 +182,7 @@ async def ensure_agency_consumers(
     done: dict[str, str] = {}
     for agency in agencies:
         if agency.channel is Channel.NATS:
-            spec = topology.consumer_for_agency(agency.id)
+            spec = topology.consumer_for_agency(agency.id, agency.type is AgencyType.GT_SECRETARIAT)
             done[spec.durable] = await ensure_consumer(js, spec)
     return done
 

@@ -7,6 +7,7 @@ routes with `service.route(...)`, and exposes `app = service.app` for `faststrea
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +152,7 @@ class Service:
             self.broker,
             asgi_routes=[("/healthz", self._healthz), ("/readyz", self._readyz), ("/metrics", self._metrics)],
             after_startup=[self._after_startup],
+            logger=logging.getLogger(f"faststream.{self.name}"),
             on_shutdown=[self._on_shutdown],
         )
         self.app.routes_with_params = self.routes

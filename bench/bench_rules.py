@@ -25,8 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alur.profile import load_registry_file, profile_dir  # noqa: E402
 from contracts.events import Case  # noqa: E402
-from contracts.vocab import AgencyType, ExploitationType, MigrationProfile, Need, Service  # noqa: E402
-from services.routing.conditions import CEL, CompiledRule, ConditionEngine, compile_condition, evaluate  # noqa: E402
+from contracts.vocab import ExploitationType, MigrationProfile, Need  # noqa: E402
+from services.routing.conditions import (  # noqa: E402
+    CEL,
+    CompiledRule,
+    CompiledRules,
+    ConditionEngine,
+    compile_condition,
+    evaluate,
+)
 from services.routing.decide import decide  # noqa: E402
 from services.routing.facts import BOOL_FACTS, FACT_NAMES, Facts, facts_of  # noqa: E402
 from services.routing.pack_tests import build_case  # noqa: E402
@@ -72,13 +79,13 @@ def zen_compile(rule_id: str, expression: str) -> CompiledRule:
 
 
 def synthetic_pack(count: int, seed: int = 7) -> RulePack:
-    """`count` rules shaped like the real ones: need/exploitation tests, booleans, ages, some unindexable."""
+    """`count` rules shaped like the real ones (need/exploitation tests, booleans, ages, a few unindexable),
+    referring to the (agency type, service) pairs of the Kalsel pack."""
     rng = random.Random(seed)
     needs = [n.value for n in Need]
     kinds = [e.value for e in ExploitationType]
     bools = list(BOOL_FACTS)
-    types = [t.value for t in AgencyType if t is not AgencyType.GT_SECRETARIAT]
-    services = [s.value for s in Service]
+    targets = sorted({(t.agency_type.value, t.service.value) for r in load_pack(profile_dir()).rules for t in r.refer})
     shapes: list[Callable[[], str]] = [
         lambda: f'"{rng.choice(needs)}" in needs && {rng.choice(bools)}',
         lambda: f'("{rng.choice(needs)}" in needs || "{rng.choice(needs)}" in needs) && !{rng.choice(bools)}',
@@ -94,7 +101,7 @@ def synthetic_pack(count: int, seed: int = 7) -> RulePack:
             "description": "synthetic",
             "legal_basis": "bench",
             "when": rng.choices(shapes, weights)[0](),
-            "refer": [{"agency_type": rng.choice(types), "service": rng.choice(services)}],
+            "refer": [dict(zip(("agency_type", "service"), rng.choice(targets), strict=True))],
         }
         for i in range(count)
     ]
@@ -148,8 +155,8 @@ def timed(run: Callable[[Any], object], inputs: Sequence[Any], repeat: int) -> t
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-def unindexed(rules: Sequence[CompiledRule]) -> list[CompiledRule]:
-    return [dataclasses.replace(r, guard=None) for r in rules]
+def unindexed(rules: CompiledRules) -> CompiledRules:
+    return CompiledRules.of(rules.rules, indexed=False)
 
 
 def main() -> None:
@@ -169,8 +176,8 @@ def main() -> None:
 
     rows: list[tuple[str, str, str, float, float]] = []
     for label, pack in ((f"kalsel ({len(kalsel.rules)})", kalsel), (f"synthetic ({len(synthetic.rules)})", synthetic)):
-        cel_rules = list(pack.compiled)
-        zen_rules = [zen_compile(r.id, r.when) for r in pack.rules]
+        cel_rules = pack.compiled
+        zen_rules = CompiledRules.of([zen_compile(r.id, r.when) for r in pack.rules])
         for engine, compiled, name in ((CEL, cel_rules, "cel"), (zen_engine, zen_rules, "zen")):
             assert_same(cel_rules, compiled, facts, engine)
             for index_label, rules in (("indexed", compiled), ("no index", unindexed(compiled))):
@@ -186,13 +193,13 @@ def main() -> None:
 
 
 def assert_same(
-    reference: Sequence[CompiledRule], compiled: Sequence[CompiledRule], facts: Sequence[Facts], engine: ConditionEngine
+    reference: CompiledRules, compiled: CompiledRules, facts: Sequence[Facts], engine: ConditionEngine
 ) -> None:
     """Both engines, indexed or not, must fire the same rules on every case."""
     for case_facts in facts:
-        expected = [o.fired for o in evaluate(unindexed(reference), case_facts, CEL)]
+        expected = evaluate(unindexed(reference), case_facts, CEL).fired
         for rules in (compiled, unindexed(compiled)):
-            if [o.fired for o in evaluate(rules, case_facts, engine)] != expected:
+            if evaluate(rules, case_facts, engine).fired != expected:
                 raise SystemExit(f"{engine.name} disagrees with CEL on a case")
 
 

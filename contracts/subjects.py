@@ -14,7 +14,7 @@ REFERRALS_STREAM = "REFERRALS"
 DLQ_STREAM = "DLQ"
 TIMERS_STREAM = "TIMERS"
 
-REFERRAL_EVENT_STATUSES = (*(s.value for s in ReferralStatus), "reminded", "escalated", "response_refused")
+REFERRAL_EVENT_STATUSES = (*(s.value for s in ReferralStatus), "reminded", "escalated", "response_refused", "outcome")
 
 
 def _agency(agency: str) -> str:

@@ -73,7 +73,7 @@ async def _link_possible_duplicates(case: Case) -> Case:
         return case
     kv = await service.js.key_value("matches")
     others: set[str] = set()
-    for key in match_keys(case, MATCH_KEY):
+    for key in (k.replace(":", ".") for k in match_keys(case, MATCH_KEY)):
         for _ in range(5):
             try:
                 entry = await kv.get(key)

@@ -6,14 +6,17 @@ with zen-engine; production uses `CEL` (see the benchmark for why).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+import operator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cel
+from pydantic import BaseModel, ConfigDict
 
-from services.routing.facts import FACT_NAMES, Facts, sample_facts
-from services.routing.index import Guard, atoms_of, describe_guard, guard_of
+from services.routing.facts import FACT_NAMES, LIST_FACTS, Facts, sample_facts
+from services.routing.index import Atom, Guard, atoms_of, candidates, describe_guard, guard_of, invert
 
 
 class ConditionEngine(Protocol):
@@ -51,26 +54,52 @@ class CelEngine:
 CEL = CelEngine()
 
 
+class RuleTrace(BaseModel):
+    """One rule's outcome for a case: fired or not, and why (the condition and the non-identifying
+    facts it read); `error` when the condition failed at run time (then it counts as not fired)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule_id: str
+    fired: bool
+    why: str
+    error: str | None = None
+
+
+TRACE_CACHE_SIZE = 512
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    """A rule's condition ready to run, with the index guard that lets the loop skip it."""
+    """A rule's condition ready to run: its index guard, the codes it tests in each list fact, and a
+    cache of its (immutable, shared) traces keyed by the facts it read."""
 
     rule_id: str
     expression: str
     condition: Any
     variables: tuple[str, ...]
     guard: Guard | None
-    skip_reason: str
+    skipped: RuleTrace | None
+    members: dict[str, frozenset[str]]
+    traces: dict[tuple[object, ...], RuleTrace] = field(default_factory=dict, compare=False, repr=False)
+    scalars: Callable[[Facts], object] | None = field(default=None, compare=False, repr=False)
+
+    def trace_key(self, fired: bool, hashable: Facts, held: dict[str, frozenset[str]]) -> tuple[object, ...]:
+        """What the trace depends on: the verdict, the scalar facts read, the tested codes present."""
+        scalars = self.scalars(hashable) if self.scalars else None
+        if not self.members:
+            return (fired, scalars)
+        return (fired, scalars, *[codes & held[name] for name, codes in self.members.items()])
 
 
-@dataclass(frozen=True, slots=True)
-class RuleOutcome:
-    """Whether one rule fired for a case, and why (the condition and the non-identifying facts it read)."""
-
-    rule_id: str
-    fired: bool
-    why: str
-    error: str | None = None
+def _tested_members(expression: str, variables: set[str]) -> dict[str, frozenset[str]]:
+    """Per list fact, the codes the condition tests with `"code" in fact`."""
+    tested: dict[str, frozenset[str]] = {}
+    for name in variables & set(LIST_FACTS):
+        codes = frozenset(re.findall(r'"([A-Za-z0-9_]+)"\s+in\s+' + name + r"\b", expression))
+        if codes:
+            tested[name] = codes
+    return tested
 
 
 def compile_condition(rule_id: str, expression: str, engine: ConditionEngine = CEL) -> tuple[CompiledRule | None, list[str]]:
@@ -84,28 +113,19 @@ def compile_condition(rule_id: str, expression: str, engine: ConditionEngine = C
     unknown = sorted(variables - FACT_NAMES)
     if unknown:
         return None, [f"rule {rule_id}: `when` uses unknown facts: {', '.join(unknown)}"]
-    problems: list[str] = []
     for sample in sample_facts():
         try:
             result = engine.run(condition, engine.bind(sample))
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"rule {rule_id}: `when` fails on sample facts: {type(exc).__name__}: {str(exc)[:160]}")
-            break
+            return None, [f"rule {rule_id}: `when` fails on sample facts: {type(exc).__name__}: {str(exc)[:160]}"]
         if not isinstance(result, bool):
-            problems.append(f"rule {rule_id}: `when` must be a boolean, got {type(result).__name__}")
-            break
-    if problems:
-        return None, problems
+            return None, [f"rule {rule_id}: `when` must be a boolean, got {type(result).__name__}"]
     guard = guard_of(expression)
-    compiled = CompiledRule(
-        rule_id=rule_id,
-        expression=expression,
-        condition=condition,
-        variables=tuple(sorted(variables)),
-        guard=guard,
-        skip_reason=f"condition false: {describe_guard(guard)}" if guard else "",
-    )
-    return compiled, []
+    skipped = RuleTrace(rule_id=rule_id, fired=False, why=f"condition false: {describe_guard(guard)}") if guard else None
+    members = _tested_members(expression, variables)
+    scalar_names = sorted(variables - set(members))
+    scalars = operator.itemgetter(*scalar_names) if scalar_names else None
+    return CompiledRule(rule_id, expression, condition, tuple(sorted(variables)), guard, skipped, members, {}, scalars), []
 
 
 def _show(value: object) -> str:
@@ -113,28 +133,92 @@ def _show(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, list):
+    if isinstance(value, tuple | list | frozenset):
         return "[" + ", ".join(map(str, value)) + "]"
     return str(value)
 
 
-def evaluate(rules: Sequence[CompiledRule], facts: Facts, engine: ConditionEngine = CEL) -> list[RuleOutcome]:
-    """Every rule's outcome, in pack order; indexed rules whose guard fails are not run at all."""
-    present = atoms_of(facts)
+def _read(rule: CompiledRule, facts: Facts, held: dict[str, frozenset[str]]) -> tuple[object, ...]:
+    """The facts the rule read, hashable: for a list fact, only the tested codes the case has."""
+    return tuple(
+        rule.members[name] & held[name] if name in rule.members
+        else tuple(value) if isinstance(value := facts.get(name), list)
+        else value
+        for name in rule.variables
+    )
+
+
+def _render(rule: CompiledRule, fired: bool, read: tuple[object, ...]) -> RuleTrace:
+    shown = []
+    for name, value in zip(rule.variables, read, strict=True):
+        if name in rule.members:
+            has = sorted(value)  # type: ignore[call-overload]
+            shown.append(f"{name} has {', '.join(has)}" if has else f"{name} has none of {', '.join(sorted(rule.members[name]))}")
+        else:
+            shown.append(f"{name}={_show(value)}")
+    tested = f" (with {'; '.join(shown)})" if shown else ""
+    verdict = "condition true" if fired else "condition false"
+    return RuleTrace(rule_id=rule.rule_id, fired=fired, why=f"{verdict}: {rule.expression}{tested}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRules:
+    """A pack's compiled conditions with their inverted index: which rules each fact may fire."""
+
+    rules: tuple[CompiledRule, ...]
+    by_atom: dict[Atom, tuple[int, ...]]
+    unguarded: tuple[int, ...]
+    defaults: tuple[RuleTrace | None, ...]
+
+    @classmethod
+    def of(cls, rules: Sequence[CompiledRule], *, indexed: bool = True) -> CompiledRules:
+        """Index `rules`; `indexed=False` evaluates every rule for every case (benchmarks, tests)."""
+        by_atom, unguarded = invert([r.guard if indexed else None for r in rules])
+        defaults = tuple(r.skipped if indexed else None for r in rules)
+        return cls(tuple(rules), by_atom, unguarded, defaults)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Iterator[CompiledRule]:
+        return iter(self.rules)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Every rule's trace in pack order, and the positions of the rules that fired."""
+
+    traces: list[RuleTrace]
+    fired: list[int]
+
+
+def evaluate(compiled: CompiledRules, facts: Facts, engine: ConditionEngine = CEL) -> Evaluation:
+    """Run the pack on a case's facts. Only the rules the index names for those facts run; the
+    others carry their precomputed "condition false" trace."""
     bound = engine.bind(facts)
-    outcomes: list[RuleOutcome] = []
-    for rule in rules:
-        if rule.guard is not None and rule.guard.isdisjoint(present):
-            outcomes.append(RuleOutcome(rule.rule_id, False, rule.skip_reason))
-            continue
-        tested = ", ".join(f"{name}={_show(facts.get(name))}" for name in rule.variables)
+    held = {name: frozenset(facts.get(name) or ()) for name in LIST_FACTS}
+    hashable = {name: tuple(value) if isinstance(value, list) else value for name, value in facts.items()}
+    traces = list(compiled.defaults)
+    fired_at: list[int] = []
+    rules = compiled.rules
+    run = engine.run
+    for position in candidates(compiled.by_atom, compiled.unguarded, atoms_of(facts)):
+        rule = rules[position]
         try:
-            fired = engine.run(rule.condition, bound) is True
+            fired = run(rule.condition, bound) is True
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {str(exc)[:160]}"
-            outcomes.append(RuleOutcome(rule.rule_id, False, f"condition error: {rule.expression}", error))
+            traces[position] = RuleTrace(
+                rule_id=rule.rule_id, fired=False, why=f"condition error: {rule.expression}", error=error
+            )
             continue
-        verdict = "condition true" if fired else "condition false"
-        with_facts = f" (with {tested})" if tested else ""
-        outcomes.append(RuleOutcome(rule.rule_id, fired, f"{verdict}: {rule.expression}{with_facts}"))
-    return outcomes
+        if fired:
+            fired_at.append(position)
+        key = rule.trace_key(fired, hashable, held)
+        trace = rule.traces.get(key)
+        if trace is None:
+            if len(rule.traces) >= TRACE_CACHE_SIZE:
+                rule.traces.clear()
+            trace = rule.traces[key] = _render(rule, fired, _read(rule, facts, held))
+        traces[position] = trace
+    return Evaluation(traces, fired_at)  # type: ignore[arg-type]

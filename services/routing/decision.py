@@ -10,6 +10,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from contracts.events import CaseId, ReferralId, ReferralRequestedData, RuleReason
 from contracts.vocab import AgencyType, Priority, Regency, Service
+from services.routing.conditions import RuleTrace
+
+__all__ = ["AlreadyReferred", "Decision", "PlannedReferral", "RuleTrace", "WithheldReferral", "referral_id"]
 
 
 def referral_id(case_id: str, agency_type: AgencyType | str, service: Service | str, *more: str) -> str:
@@ -23,15 +26,6 @@ def referral_id(case_id: str, agency_type: AgencyType | str, service: Service | 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class RuleTrace(Model):
-    """One rule's outcome for the case: fired or not, and why (condition and non-identifying facts)."""
-
-    rule_id: str
-    fired: bool
-    why: str
-    error: str | None = None
 
 
 class WithheldReferral(Model):
@@ -113,6 +107,10 @@ class Decision(Model):
     unroutable: list[WithheldReferral] = Field(default_factory=list)
     already_referred: list[AlreadyReferred] = Field(default_factory=list)
     trace: list[RuleTrace] = Field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The decision record to keep (JSON-ready): everything but the case views, which hold personal data."""
+        return self.model_dump(mode="json", exclude={"referrals": {"__all__": {"case"}}})
 
     @property
     def fired(self) -> list[str]:

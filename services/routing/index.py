@@ -11,7 +11,7 @@ conditional (`?:`) is never read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from services.routing.facts import BOOL_FACTS, LIST_FACTS, Facts
 
@@ -126,3 +126,28 @@ def describe_guard(guard: Iterable[Atom]) -> str:
             members.setdefault(name, []).append(str(value))
     parts = [f"{name} has none of {', '.join(codes)}" for name, codes in members.items()]
     return "; ".join(parts + flags)
+
+
+def invert(guards: Sequence[Guard | None]) -> tuple[dict[Atom, tuple[int, ...]], tuple[int, ...]]:
+    """(atom → positions of the rules it may fire, positions of the rules without a guard)."""
+    by_atom: dict[Atom, list[int]] = {}
+    unguarded: list[int] = []
+    for position, guard in enumerate(guards):
+        if guard is None:
+            unguarded.append(position)
+        else:
+            for atom in guard:
+                by_atom.setdefault(atom, []).append(position)
+    return {atom: tuple(positions) for atom, positions in by_atom.items()}, tuple(unguarded)
+
+
+def candidates(
+    by_atom: dict[Atom, tuple[int, ...]], unguarded: tuple[int, ...], present: Iterable[Atom]
+) -> list[int]:
+    """Positions of the rules that may fire for a case, in pack order."""
+    found = set(unguarded)
+    for atom in present:
+        positions = by_atom.get(atom)
+        if positions:
+            found.update(positions)
+    return sorted(found)

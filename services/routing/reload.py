@@ -2,34 +2,75 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
+from alur.profile import load_registry_file
 from alur.registry import AgencyRegistry
 from services.routing.pack_tests import PackTest, load_pack_tests, run_pack_tests
 from services.routing.rules import RulePack, RulePackError, load_pack, pack_from_text, parse_pack
-from services.routing.views import ViewCatalog
+from services.routing.views import ViewCatalog, load_views
 
 PackSource = Path | str | bytes | Mapping[str, object]
 """A `Path` to a rules file (or profile directory), YAML text (`str`/`bytes`), or already parsed data."""
 
+RULES_FILE = "rules.yaml"
 TESTS_FILE = "rules_tests.yaml"
+
+
+def _fingerprint(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (RULES_FILE, TESTS_FILE):
+        try:
+            digest.update((directory / name).read_bytes())
+        except OSError:
+            digest.update(b"\x00missing")
+        digest.update(b"\x1f")
+    return digest.hexdigest()
 
 
 class RuleBook:
     """The active rule pack and its tests; `try_swap` replaces them only with a pack that passes."""
 
     def __init__(
-        self, pack: RulePack, *, tests: Sequence[PackTest], registry: AgencyRegistry, views: ViewCatalog
+        self,
+        pack: RulePack,
+        *,
+        tests: Sequence[PackTest],
+        registry: AgencyRegistry,
+        views: ViewCatalog,
+        directory: Path | None = None,
     ) -> None:
         self._active: tuple[RulePack, str] = (pack, pack.version)
         self._tests: tuple[PackTest, ...] = tuple(tests)
         self._lock = threading.Lock()
         self.registry = registry
         self.views = views
+        self.directory = directory
+        self._seen = _fingerprint(directory) if directory else ""
+
+    @classmethod
+    def from_dir(
+        cls, directory: Path | str, *, registry: AgencyRegistry | None = None, views: ViewCatalog | None = None
+    ) -> RuleBook:
+        """The book of a profile directory (rules.yaml, rules_tests.yaml, views.yaml, agencies.yaml).
+
+        Raises `RulePackError` when the pack is invalid or fails its tests: a service must not start
+        without a pack it can trust.
+        """
+        root = Path(directory)
+        pack = load_pack(root / RULES_FILE)
+        tests = _tests_beside(root)
+        registry = registry or load_registry_file(root / "agencies.yaml")
+        views = views or load_views(root)
+        report = run_pack_tests(pack, tests, registry, views)
+        if not report.ok:
+            raise RulePackError(report.summary(), str(root / RULES_FILE))
+        return cls(pack, tests=tests, registry=registry, views=views, directory=root)
 
     @property
     def pack(self) -> RulePack:
@@ -70,6 +111,17 @@ class RuleBook:
             self._tests = new_tests
             self._active = (pack, pack.version)
         return True, []
+
+    def reload_if_changed(self) -> tuple[bool, list[str]] | None:
+        """If the rules or tests files of `directory` changed since the last look, `try_swap` them;
+        None when nothing changed (a refused change is reported once, not at every look)."""
+        if self.directory is None:
+            return None
+        seen = _fingerprint(self.directory)
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        return self.try_swap(self.directory / RULES_FILE)
 
 
 def _parse(source: PackSource) -> RulePack:

@@ -9,7 +9,6 @@ from datetime import datetime
 from alur.registry import AgencyRegistry
 from contracts.events import Case, ReferralRequestedData
 from contracts.vocab import AgencyType
-from services.routing.decide import acknowledgement_due
 from services.routing.decision import PlannedReferral, referral_id
 from services.routing.resolution import Resolution, resolve_agency
 from services.routing.rules import RulePack
@@ -74,7 +73,7 @@ def reroute(
         receiving_type=agency.type,
         service=previous.service,
         priority=previous.priority,
-        due=acknowledgement_due(pack, previous.priority, now, sla_scale),
+        due=pack.acknowledgement_due(previous.priority, now, sla_scale),
         reasons=list(previous.reasons),
         case=views.view_of(case, agency.type),
         regency=case.regency,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timedelta
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,8 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from contracts.events import RuleReason
 from contracts.vocab import AgencyType, Priority, Risk, Service
-from services.routing.conditions import CEL, CompiledRule, ConditionEngine, compile_condition
+from services.routing.conditions import CEL, CompiledRule, CompiledRules, ConditionEngine, compile_condition
 
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
@@ -34,6 +36,7 @@ PriorityChoice = Literal["high", "medium", "low", "from_risk"]
 
 DEFAULT_ACKNOWLEDGEMENT_HOURS: dict[Priority, float] = {Priority.HIGH: 1.0, Priority.MEDIUM: 6.0, Priority.LOW: 24.0}
 RISK_PRIORITY: dict[Risk, Priority] = {Risk.HIGH: Priority.HIGH, Risk.MEDIUM: Priority.MEDIUM, Risk.LOW: Priority.LOW}
+_FIXED_PRIORITY: dict[str, Priority] = {p.value: p for p in Priority}
 
 
 class RulePackError(Exception):
@@ -71,7 +74,7 @@ class ReferralTarget(Strict):
 
     def priority_for(self, risk: Risk) -> Priority:
         """The fixed priority, or the case's risk mapped to a priority."""
-        return RISK_PRIORITY[risk] if self.priority == "from_risk" else Priority(self.priority)
+        return RISK_PRIORITY[risk] if self.priority == "from_risk" else _FIXED_PRIORITY[self.priority]
 
 
 class Rule(Strict):
@@ -118,16 +121,27 @@ class RulePack(Strict):
     acknowledgement_hours: dict[Priority, float]
     rules: list[Rule]
     digest: str
-    _compiled: tuple[CompiledRule, ...] = PrivateAttr(default=())
+    _compiled: CompiledRules = PrivateAttr(default_factory=lambda: CompiledRules.of(()))
     _by_id: dict[str, Rule] = PrivateAttr(default_factory=dict)
+    _reasons: dict[tuple[str, bool], RuleReason] = PrivateAttr(default_factory=dict)
 
     @property
-    def compiled(self) -> tuple[CompiledRule, ...]:
-        """The rules' conditions, in pack order, ready for `conditions.evaluate`."""
+    def compiled(self) -> CompiledRules:
+        """The rules' conditions, in pack order and indexed, ready for `conditions.evaluate`."""
         return self._compiled
 
     def rule(self, rule_id: str) -> Rule:
         return self._by_id[rule_id]
+
+    @property
+    def reasons(self) -> dict[tuple[str, bool], RuleReason]:
+        """(rule id, override) → the rule as the reason of a referral (shared; do not mutate). An
+        override reason states the law that overrides consent; only mandatory rules have one."""
+        return self._reasons
+
+    def acknowledgement_due(self, priority: Priority, now: datetime, sla_scale: float = 1.0) -> datetime:
+        """When the agency must acknowledge: now + the pack's hours for the priority, times the SLA scale."""
+        return now + timedelta(hours=self.acknowledgement_hours[priority] * sla_scale)
 
     def fallback_for(self, agency_type: AgencyType, service: Service) -> AgencyType | None:
         """The fallback agency type some rule declares for this agency type and service, if any."""
@@ -155,6 +169,11 @@ def _problems_of(error: ValidationError, prefix: str) -> list[str]:
         else:
             problems.append(f"{prefix}: `{where}`: {item['msg']}")
     return problems
+
+
+def _reason(rule: Rule, override: bool) -> RuleReason:
+    basis = f"{rule.legal_basis}; consent overridden: {rule.mandatory_basis}" if override else rule.legal_basis
+    return RuleReason(rule_id=rule.id, description=rule.description, legal_basis=basis, override=override)
 
 
 def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine = CEL) -> RulePack:
@@ -202,8 +221,9 @@ def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine 
         rules=rules,
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
     )
-    pack._compiled = tuple(compiled)
+    pack._compiled = CompiledRules.of(compiled)
     pack._by_id = {r.id: r for r in rules}
+    pack._reasons = {(r.id, override): _reason(r, override) for r in rules for override in {False, r.mandatory}}
     return pack
 
 

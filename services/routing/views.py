@@ -7,7 +7,6 @@ not have, or breaks one of the `NEVER` limits below, which DOMAIN.md sets and no
 
 from __future__ import annotations
 
-import copy
 import types
 import typing
 from collections.abc import Mapping
@@ -70,7 +69,10 @@ class ViewCatalog(BaseModel):
         return self.project(case.model_dump(mode="json"), agency_type)
 
     def project(self, dumped: Mapping[str, Any], agency_type: AgencyType) -> dict[str, Any]:
-        """`view_of` on an already dumped case (`case.model_dump(mode="json")`), to dump once per decision."""
+        """`view_of` on an already dumped case (`case.model_dump(mode="json")`), to dump once per decision.
+
+        The view shares nested values with `dumped`: treat both as read-only, or `clone` the view.
+        """
         view: dict[str, Any] = {}
         for path in self.paths_for(agency_type):
             _copy_path(dumped, view, path.split("."))
@@ -81,13 +83,22 @@ class ViewCatalog(BaseModel):
         return view
 
 
+def clone(value: Any) -> Any:
+    """A copy of JSON-like data (dicts, lists, scalars), faster than `copy.deepcopy`."""
+    if isinstance(value, dict):
+        return {key: clone(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [clone(item) for item in value]
+    return value
+
+
 def _copy_path(source: Mapping[str, Any], target: dict[str, Any], parts: list[str]) -> None:
     head, rest = parts[0], parts[1:]
     if head not in source:
         return
     value = source[head]
     if not rest:
-        target[head] = copy.deepcopy(value)
+        target[head] = value
     elif isinstance(value, Mapping):
         _copy_path(value, target.setdefault(head, {}), rest)
     elif value is None:

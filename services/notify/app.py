@@ -1,0 +1,530 @@
+"""Notify: delivers every referral, tracks it to an outcome, and escalates when an agency is silent.
+
+The decisions are pure (`lifecycle`, `state`, `escalation`, `webhook`); this module is their edge:
+the referral state lives in the KV bucket `referrals` (compare-and-set), timers are JetStream message
+schedules (one schedule subject per referral, so a new plan replaces the old), and every fact is
+published once to REFERRALS with a `Nats-Msg-Id` derived from referral and transition.
+Run alone: `faststream run services.notify.app:app` or `alur serve notify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from faststream.exceptions import NackMessage
+from faststream.nats import NatsMessage
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from pydantic import ValidationError
+
+from alur.bus import SafeError, publish, publish_raw
+from alur.profile import profile_dir
+from alur.provision import ensure_agency_consumers
+from alur.registry import Agency, AgencyRegistry
+from alur.service import Request, Response, Service
+from contracts import subjects
+from contracts.envelope import CloudEvent, derived_id
+from contracts.events import (
+    EscalationData,
+    ReferralRequestedData,
+    ReferralStatusData,
+    ResponseData,
+    ResponseRefusedData,
+)
+from contracts.vocab import Channel, ReferralStatus
+from services.intake.reasons import reasons_from
+from services.notify.escalation import arm, on_fire
+from services.notify.lifecycle import check_transition, validate_response
+from services.notify.policy import load_policy
+from services.notify.state import (
+    DeliveryAttempt,
+    ReferralState,
+    Timer,
+    TransitionRefused,
+    apply,
+    new_state,
+    record_attempt,
+)
+from services.notify.webhook import CircuitBreaker, deliver, retry_delay
+
+service = Service(
+    "notify", consumers=["notify-requests", "notify-responses", "notify-timers", "notify-deliveries"]
+)
+broker = service.broker
+app = service.app
+log = service.log
+policy = load_policy(profile_dir() / "escalation.yaml", scale=service.settings.sla_scale)
+AUDIT_EVERY = max(0.5, 60 * service.settings.sla_scale)
+UNKNOWN_REFERRAL_RETRIES = 5
+breakers: dict[str, CircuitBreaker] = {}
+_rng = random.Random()
+_http: httpx.AsyncClient | None = None
+
+
+class StateConflict(SafeError):
+    """The referral changed while we wrote it; the redelivery reads it again."""
+
+
+def _registry() -> AgencyRegistry:
+    assert service.registry_store is not None
+    return service.registry_store.current
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ------------------------------------------------------------------ state and facts
+
+
+async def _kv() -> Any:
+    return await service.js.key_value("referrals")
+
+
+async def load(referral_id: str) -> tuple[ReferralState, int] | None:
+    try:
+        entry = await (await _kv()).get(referral_id)
+    except KeyNotFoundError:
+        return None
+    return ReferralState.model_validate_json(entry.value), entry.revision
+
+
+async def save(state: ReferralState, revision: int | None) -> None:
+    kv = await _kv()
+    payload = state.model_dump_json().encode()
+    try:
+        if revision is None:
+            await kv.create(state.referral_id, payload)
+        else:
+            await kv.update(state.referral_id, payload, last=revision)
+    except KeyWrongLastSequenceError:
+        raise StateConflict(f"referral {state.referral_id} changed concurrently") from None
+
+
+async def publish_status(state: ReferralState) -> None:
+    """Publish the fact of the state's latest transition, once (the id derives from referral and step)."""
+    last = state.history[-1]
+    data = ReferralStatusData(
+        referral_id=state.referral_id, case_id=state.case_id, agency=state.agency, status=last.status,
+        reason=last.reason, note=last.note, redirect_to=last.redirect_to, service=state.service,
+        agency_type=state.agency_type, at=last.at,
+    )
+    step = f"{state.referral_id}:{last.status.value}:{len(state.history)}"
+    event = CloudEvent[ReferralStatusData].build(
+        type=f"alur.referral.{last.status.value}.v1", source="alur/notify", subject=state.referral_id,
+        data=data, id=derived_id("referral.status", step), time=last.at,
+    )
+    await publish(service.js, subjects.referral(last.status.value, state.agency), event)
+    service.count(f"referral_{last.status.value}")
+    log.info(f"referral {last.status.value}", referral_id=state.referral_id, case_id=state.case_id,
+             agency=state.agency, reason=last.reason)
+    if last.status.terminal:
+        await _publish_outcome(state)
+
+
+async def _publish_outcome(state: ReferralState) -> None:
+    """Tell the coordinator the referral's structured outcome, and whether the case's loop is closed."""
+    secretariat = _registry().secretariat()
+    if secretariat is None:
+        return
+    open_left = await _open_referrals_of(state.case_id)
+    outcome = state.outcome.model_dump(mode="json") if state.outcome else {}
+    data = {
+        "referral_id": state.referral_id, "case_id": state.case_id, "agency": state.agency,
+        "service": state.service.value, "status": state.status.value, "outcome": outcome,
+        "all_referrals_terminal": not open_left, "open_referrals": open_left,
+    }
+    event = CloudEvent[dict[str, Any]].build(
+        type="alur.referral.outcome.v1", source="alur/notify", subject=state.referral_id, data=data,
+        id=derived_id("referral.outcome", state.referral_id, state.status.value),
+    )
+    await publish(service.js, subjects.referral("outcome", secretariat.id), event)
+    if not open_left:
+        log.info("case loop closed: every referral has an outcome", case_id=state.case_id)
+
+
+async def _open_referrals_of(case_id: str) -> list[str]:
+    try:
+        record = json.loads((await (await service.js.key_value("case-referrals")).get(case_id)).value)
+    except (KeyNotFoundError, NotFoundError):
+        return []
+    open_ids = []
+    for referral_id in record.get("referrals", {}):
+        loaded = await load(referral_id)
+        if loaded is None or not loaded[0].status.terminal:
+            open_ids.append(referral_id)
+    return sorted(open_ids)
+
+
+async def schedule(state: ReferralState) -> None:
+    """Arm the referral's next timer as a JetStream message schedule; it replaces any earlier one."""
+    timer = state.escalation.timer
+    if timer is None:
+        return
+    fire_at = max(timer.fire_at, _now() + timedelta(milliseconds=50)).astimezone(UTC)
+    headers = {
+        "Nats-Schedule": f"@at {fire_at.isoformat()}",
+        "Nats-Schedule-Target": subjects.timer_fired(state.referral_id, timer.purpose),
+        "Nats-Msg-Id": f"timer:{timer.token}",
+    }
+    await service.js.publish(
+        subjects.timer_schedule(state.referral_id, "next"), timer.model_dump_json().encode(), headers=headers,
+        timeout=5,
+    )
+
+
+async def transition(
+    referral_id: str, status: ReferralStatus, actor: str, *, reason: str | None = None,
+    note: str | None = None, redirect_to: str | None = None,
+) -> ReferralState | None:
+    """Apply one transition with compare-and-set, publish its fact and re-arm the timer; None if a no-op."""
+    loaded = await load(referral_id)
+    if loaded is None:
+        return None
+    state, revision = loaded
+    verdict = check_transition(state.status, status, actor)  # type: ignore[arg-type]
+    if verdict.duplicate and status is state.status and not (reason or note):
+        return None
+    moved = arm(apply(state, status, actor, at=_now(), reason=reason, note=note, redirect_to=redirect_to), _now())  # type: ignore[arg-type]
+    if moved.version == state.version and moved.status is state.status and len(moved.history) == len(state.history):
+        return None
+    await save(moved, revision)
+    await publish_status(moved)
+    await schedule(moved)
+    return moved
+
+
+# ------------------------------------------------------------------ requested → tracked, delivered
+
+
+async def _agency_reachable(agency: Agency) -> bool:
+    spec = service.topology.consumer_for_agency(agency.id)
+    try:
+        await service.js.consumer_info(spec.stream, spec.durable)
+        return True
+    except NotFoundError:
+        await ensure_agency_consumers(service.js, service.topology, [agency])
+        return True
+
+
+@service.subscriber("notify-requests")
+async def on_requested(msg: NatsMessage) -> None:
+    """Start tracking a new referral: state in KV, its acknowledgement timer, and delivery over NATS."""
+    request = CloudEvent[ReferralRequestedData].model_validate_json(msg.raw_message.data).data
+    loaded = await load(request.referral_id)
+    if loaded is None:
+        state = arm(new_state(request, policy, _now()), _now())
+        try:
+            await save(state, None)
+        except StateConflict:
+            state = (await load(request.referral_id))[0]  # type: ignore[index]
+        log.info("tracking referral", referral_id=state.referral_id, case_id=state.case_id, agency=state.agency,
+                 due=state.due.isoformat(), timer=state.escalation.timer.purpose if state.escalation.timer else None)
+    else:
+        state = loaded[0]
+    await schedule(state)
+    agency = _registry().get(state.agency)
+    if agency is not None and agency.channel is Channel.NATS and state.status is ReferralStatus.REQUESTED:
+        if await _agency_reachable(agency):
+            await transition(state.referral_id, ReferralStatus.DELIVERED, "system")
+
+
+# ------------------------------------------------------------------ webhooks
+
+
+def _breaker(url: str) -> CircuitBreaker:
+    if url not in breakers:
+        breakers[url] = CircuitBreaker(scale=service.settings.sla_scale)
+    return breakers[url]
+
+
+async def _record(referral_id: str, attempt: DeliveryAttempt) -> None:
+    for _ in range(5):
+        loaded = await load(referral_id)
+        if loaded is None:
+            return
+        with contextlib.suppress(StateConflict):
+            await save(record_attempt(loaded[0], attempt), loaded[1])
+            return
+
+
+async def _raise_to_coordinator(referral_id: str, case_id: str, agency: str, reason: str, key: str) -> None:
+    secretariat = _registry().secretariat()
+    loaded = await load(referral_id)
+    due = loaded[0].due if loaded else _now()
+    data = EscalationData(
+        referral_id=referral_id, case_id=case_id, agency=agency, status="escalated", level=2, action="raise",
+        target="coordinator", overdue="delivery", due=due, notify=[secretariat.id] if secretariat else [],
+        reason=reason,
+    )
+    event = CloudEvent[EscalationData].build(
+        type="alur.referral.escalated.v1", source="alur/notify", subject=referral_id, data=data,
+        id=derived_id("referral.escalated.delivery", referral_id, key),
+    )
+    await publish(service.js, subjects.referral("escalated", agency), event)
+    log.warning("raised to the coordinator", referral_id=referral_id, agency=agency, reason=reason)
+
+
+@service.subscriber("notify-deliveries")
+async def on_delivery(msg: NatsMessage) -> None:
+    """POST each event meant for a webhook agency, signed; retry with backoff for days; 410 disables it."""
+    raw = msg.raw_message
+    parsed = subjects.parse(raw.subject)
+    agency = _registry().get(parsed.key)
+    if agency is None or agency.channel is not Channel.WEBHOOK or not agency.enabled:
+        return
+    event = json.loads(raw.data)
+    data = event.get("data", {})
+    referral_id = data.get("referral_id", "")
+    loaded = await load(referral_id)
+    if parsed.verb == "requested" and loaded is not None and loaded[0].status.terminal:
+        log.info("delivery dropped: referral already terminal", referral_id=referral_id, status=loaded[0].status.value)
+        return
+    attempt = raw.metadata.num_delivered
+    breaker = _breaker(agency.url or "")
+    if not breaker.allow():
+        raise NackMessage(delay=max(0.05, breaker.retry_in()))
+    assert _http is not None
+    result = await deliver(_http, agency, event["id"], raw.data, _now(), attempt=attempt, breaker=breaker)
+    await _record(referral_id, result.attempt)
+    if result.delivered:
+        log.info("webhook delivered", referral_id=referral_id, agency=agency.id, event=parsed.verb, attempt=attempt)
+        if parsed.verb == "requested":
+            await transition(referral_id, ReferralStatus.DELIVERED, "system")
+        return
+    if result.disable_endpoint:
+        await service.registry_store.put(agency.model_copy(update={"enabled": False}))  # type: ignore[union-attr]
+        await _raise_to_coordinator(referral_id, data.get("case_id", ""), agency.id,
+                                    "webhook endpoint answered 410 Gone: it is disabled until the agency fixes it",
+                                    "gone")
+        return
+    if result.needs_coordinator and attempt == 1:
+        await _raise_to_coordinator(referral_id, data.get("case_id", ""), agency.id,
+                                    f"webhook refused the delivery: {result.problem}", "refused")
+    delay = retry_delay(attempt, service.settings.sla_scale, result.retry_after, _rng) if result.retry else None
+    if delay is None:
+        await _raise_to_coordinator(referral_id, data.get("case_id", ""), agency.id,
+                                    f"webhook delivery given up after {attempt} attempts: {result.problem}", "gave-up")
+        return
+    log.warning("webhook delivery will be retried", referral_id=referral_id, agency=agency.id, attempt=attempt,
+                delay=round(delay, 3), problem=result.problem)
+    raise NackMessage(delay=delay)
+
+
+# ------------------------------------------------------------------ responses
+
+
+async def _refuse(sender: str, code: str, reason: str, *, referral_id: str | None, status: str | None, key: str) -> None:
+    data = ResponseRefusedData(referral_id=referral_id, agency=sender, status=status, reason=reason, code=code)  # type: ignore[arg-type]
+    event = CloudEvent[ResponseRefusedData].build(
+        type="alur.referral.response_refused.v1", source="alur/notify", subject=referral_id, data=data,
+        id=derived_id("response.refused", key),
+    )
+    await publish(service.js, subjects.referral("response_refused", sender), event)
+    service.count("response_refused")
+    log.warning("response refused", agency=sender, referral_id=referral_id, code=code, reason=reason)
+
+
+def parse_response(raw: bytes) -> tuple[str | None, ResponseData | None, str | None]:
+    """(event id, response, problem): the `data` of a response CloudEvent, or why it cannot be read."""
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None, None, "body is not JSON"
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        return None, None, "body is not a CloudEvent with a `data` object"
+    event_id = event.get("id") if isinstance(event.get("id"), str) else None
+    try:
+        return event_id, ResponseData.model_validate(event["data"]), None
+    except ValidationError as exc:
+        return event_id, None, "; ".join(reasons_from(exc))
+
+
+@service.subscriber("notify-responses")
+async def on_response(msg: NatsMessage) -> None:
+    """Check an agency's answer (sender, transition, reason) and record it, or refuse it with the reason."""
+    raw = msg.raw_message
+    sender = subjects.parse(raw.subject).key
+    event_id, response, problem = parse_response(raw.data)
+    key = f"{sender}:{event_id or raw.metadata.sequence.stream}"
+    if response is None:
+        await _refuse(sender, "bad_body", problem or "unreadable", referral_id=None, status=None, key=key)
+        return
+    loaded = await load(response.referral_id)
+    if loaded is None:
+        if raw.metadata.num_delivered < UNKNOWN_REFERRAL_RETRIES:
+            raise NackMessage(delay=max(0.2, 2.0 * service.settings.sla_scale))
+        await _refuse(sender, "unknown_referral", f"no referral {response.referral_id} is known",
+                      referral_id=response.referral_id, status=response.status.value, key=key)
+        return
+    state = loaded[0]
+    refusal = validate_response(response, state.status, sender=sender, holder=state.agency)
+    if refusal is not None:
+        await _refuse(sender, refusal.code, refusal.reason, referral_id=response.referral_id,
+                      status=response.status.value, key=key)
+        return
+    try:
+        moved = await transition(response.referral_id, ReferralStatus(response.status.value), "agency",
+                                 reason=response.reason, note=response.note, redirect_to=response.redirect_to)
+    except TransitionRefused as exc:
+        await _refuse(sender, "impossible_transition", exc.transition.reason, referral_id=response.referral_id,
+                      status=response.status.value, key=key)
+        return
+    if moved is None:
+        log.info("duplicate response ignored", referral_id=response.referral_id, status=response.status.value)
+
+
+@service.route("POST", "/v1/referrals/{referral_id}/responses")
+async def post_response(request: Request) -> Response:
+    """An agency's answer over HTTP: checked now (401/403/404/409/422), stored in REPORTS, then recorded."""
+    assert service.credentials is not None
+    token = request.bearer
+    sender = await service.credentials.agency_for_token(token, _registry()) if token else None
+    if sender is None:
+        return Response(401, {"error": "missing or unknown bearer token"})
+    referral_id = request.params["referral_id"]
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return Response(400, {"error": "body is not JSON"})
+    if not isinstance(body, dict):
+        return Response(422, {"reasons": ["body: must be a JSON object"]})
+    if body.get("referral_id", referral_id) != referral_id:
+        return Response(422, {"reasons": ["referral_id: differs from the referral in the path"]})
+    try:
+        response = ResponseData.model_validate({**body, "referral_id": referral_id})
+    except ValidationError as exc:
+        return Response(422, {"reasons": reasons_from(exc, ())})
+    loaded = await load(referral_id)
+    if loaded is None:
+        return Response(404, {"error": f"no referral {referral_id}"})
+    state = loaded[0]
+    refusal = validate_response(response, state.status, sender=sender, holder=state.agency)
+    if refusal is not None:
+        status = {"wrong_agency": 403, "impossible_transition": 409}.get(refusal.code, 422)
+        return Response(status, {"error": refusal.reason, "code": refusal.code})
+    verdict = check_transition(state.status, ReferralStatus(response.status.value), "agency")
+    if verdict.refused:
+        return Response(409, {"error": verdict.reason, "code": "impossible_transition"})
+    event = CloudEvent[dict[str, Any]].build(
+        type="alur.referral.response.v1", source=sender, subject=referral_id,
+        data=response.model_dump(mode="json", exclude_none=True),
+    )
+    await publish_raw(service.js, subjects.response(sender), event.to_bytes(), msg_id=event.id)
+    return Response(202, {"accepted": True, "referral_id": referral_id, "status": response.status.value,
+                          "duplicate": verdict.duplicate, "event_id": event.id})
+
+
+# ------------------------------------------------------------------ timers
+
+
+async def _fire(timer: Timer) -> bool:
+    """Carry out one fired timer; False when it was stale."""
+    loaded = await load(timer.referral_id)
+    if loaded is None:
+        return False
+    state, revision = loaded
+    secretariat = _registry().secretariat()
+    step = on_fire(state, timer, _now(), coordinators=[secretariat.id] if secretariat else [])
+    if step is None:
+        return False
+    await save(step.state, revision)
+    event = CloudEvent[EscalationData].build(
+        type=f"alur.referral.{step.data.status}.v1", source="alur/notify", subject=state.referral_id,
+        data=step.data, id=derived_id("referral.escalation", timer.token),
+    )
+    await publish(service.js, subjects.referral(step.data.status, state.agency), event)
+    service.count(f"escalation_{step.action}")
+    log.warning("referral escalated", referral_id=state.referral_id, case_id=state.case_id, agency=state.agency,
+                overdue=step.purpose, level=step.level, action=step.action, target=step.recipient)
+    if step.expired:
+        await publish_status(step.state)
+    await schedule(step.state)
+    return True
+
+
+@service.subscriber("notify-timers")
+async def on_timer(msg: NatsMessage) -> None:
+    """A timer fired: escalate if the referral still waits for what the timer guards, else do nothing."""
+    timer = Timer.model_validate_json(msg.raw_message.data)
+    if not await _fire(timer):
+        log.info("stale timer ignored", referral_id=timer.referral_id, purpose=timer.purpose)
+
+
+async def audit_once() -> int:
+    """Find open referrals whose timer is missing or overdue and repair them; returns how many."""
+    kv = await _kv()
+    try:
+        keys = await kv.keys()
+    except Exception:
+        return 0
+    repaired = 0
+    now = _now()
+    grace = timedelta(seconds=max(1.0, 5 * AUDIT_EVERY))
+    for key in keys:
+        loaded = await load(key)
+        if loaded is None or loaded[0].status.terminal:
+            continue
+        state, revision = loaded
+        planned = arm(state, now)
+        timer = state.escalation.timer
+        if timer is None and planned.escalation.timer is not None:
+            with contextlib.suppress(StateConflict):
+                await save(planned, revision)
+                await schedule(planned)
+                repaired += 1
+        elif timer is not None and timer.fire_at + grace < now:
+            await publish_raw(service.js, subjects.timer_fired(state.referral_id, timer.purpose),
+                              timer.model_dump_json().encode(), msg_id=f"audit:{timer.token}")
+            repaired += 1
+    if repaired:
+        service.count("auditor_repaired")
+        log.warning("auditor repaired timers", repaired=repaired)
+    return repaired
+
+
+async def _auditor() -> None:
+    while True:
+        await asyncio.sleep(AUDIT_EVERY)
+        try:
+            await audit_once()
+        except Exception as exc:
+            log.error("auditor pass failed", error_type=type(exc).__name__)
+
+
+# ------------------------------------------------------------------ lifecycle of the service
+
+
+_tasks: list[asyncio.Task[None]] = []
+
+
+async def _agencies_changed(registry: AgencyRegistry) -> None:
+    created = await ensure_agency_consumers(service.js, service.topology, [a for a in registry.agencies.values() if a.enabled])
+    for durable, what in created.items():
+        if what != "unchanged":
+            log.info("agency consumer provisioned", consumer=durable, what=what)
+
+
+@service.on_started
+async def _start() -> None:
+    global _http
+    _http = httpx.AsyncClient(timeout=httpx.Timeout(15.0), follow_redirects=False)
+    assert service.registry_store is not None
+    service.registry_store.on_change(_agencies_changed)
+    await _agencies_changed(service.registry_store.current)
+    _tasks.append(asyncio.create_task(_auditor()))
+
+
+@service.on_stopping
+async def _stop() -> None:
+    for task in _tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if _http is not None:
+        await _http.aclose()

@@ -1,0 +1,43 @@
+"""Provisioning against a real nats-server: declared once, idempotent, updates what drifted."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+from nats.js.api import ConsumerConfig
+
+from alur.profile import load_registry_file
+from alur.provision import load_topology, provision
+
+
+async def test_provisioning_twice_changes_nothing(nc: Client) -> None:
+    js = nc.jetstream()
+    topology = load_topology()
+    registry = load_registry_file()
+    first = await provision(js, topology, registry)
+    assert set(first.values()) == {"created"}
+    assert first["stream REPORTS"] == "created" and first["kv referrals"] == "created"
+    assert first["consumer REFERRALS/agency-polda-kalsel"] == "created"
+    second = await provision(js, topology, registry)
+    assert set(second.values()) == {"unchanged"}
+    assert second.keys() == first.keys()
+
+
+async def test_streams_keep_records_and_drop_duplicates(nc: Client) -> None:
+    js = nc.jetstream()
+    await provision(js)
+    for name in ("REPORTS", "CASES", "REFERRALS", "DLQ"):
+        config = (await js.stream_info(name)).config
+        assert config.storage == "file"
+        assert config.duplicate_window >= 600
+        assert config.retention == "limits" and not config.max_age
+    assert (await js.stream_info("TIMERS")).config.allow_msg_schedules
+
+
+async def test_drifted_consumer_is_put_back(nc: Client) -> None:
+    js = nc.jetstream()
+    await provision(js)
+    await js.add_consumer("REPORTS", ConsumerConfig(durable_name="intake", filter_subjects=["alur.report.*"],
+                                                    max_deliver=3, ack_wait=5))
+    report = await provision(js)
+    assert report["consumer REPORTS/intake"] == "updated"
+    assert (await js.consumer_info("REPORTS", "intake")).config.max_deliver == 10
