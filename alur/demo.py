@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import tempfile
 import uuid
 from datetime import UTC, datetime
@@ -82,7 +83,7 @@ async def run_demo(*, cases: int, port: int, console: Console) -> int:
     hosts = {name: ("127.0.0.1", free_port()) for name in ("intake", "routing", "notify")}
     settings = Settings(data_dir=data_dir, sla_scale=DEMO_SLA_SCALE, intake_http=hosts["intake"],
                         routing_http=hosts["routing"], notify_http=hosts["notify"])
-    if not port_is_free("127.0.0.1", port):
+    if port == 0 or not port_is_free("127.0.0.1", port):
         port = free_port()
     stack = Stack(settings=settings, port=port, say=lambda line: console.print(f"[dim]{line}[/]"))
     referrals: dict[str, dict[str, Any]] = {}
@@ -139,10 +140,10 @@ async def run_demo(*, cases: int, port: int, console: Console) -> int:
         return 2
     finally:
         stop.set()
-        for a in agencies:
-            await a.close()
+        await asyncio.gather(*(a.close() for a in agencies))
         with contextlib.suppress(Exception):
             await stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _summary(console: Console, referrals: dict[str, dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
 from alur.provision import Topology, load_topology
 from contracts import subjects
@@ -126,8 +126,13 @@ async def trace(js: JetStreamContext, case_id: str) -> dict[str, Any]:
                     "subject": msg.subject, "type": event.get("type"), **_summary(data),
                 })
     decision = None
-    with contextlib.suppress(KeyNotFoundError, NotFoundError):
-        decision = json.loads((await (await js.key_value("decisions")).get(case_id)).value)
+    decisions: list[dict[str, Any]] = []
+    with contextlib.suppress(KeyNotFoundError, NoKeysError, NotFoundError):
+        decisions_kv = await js.key_value("decisions")
+        decision = json.loads((await decisions_kv.get(case_id)).value)
+        decisions = [
+            _decision_brief(json.loads(entry.value)) for entry in await decisions_kv.history(case_id) if entry.value
+        ]
     record = None
     with contextlib.suppress(KeyNotFoundError, NotFoundError):
         record = json.loads((await (await js.key_value("case-referrals")).get(case_id)).value)
@@ -142,6 +147,7 @@ async def trace(js: JetStreamContext, case_id: str) -> dict[str, Any]:
         "case_id": case_id,
         "events": events,
         "decision": _decision_summary(decision),
+        "decisions": decisions,
         "withheld": (record or {}).get("withheld", []),
         "referrals": sorted(outcomes, key=lambda o: o["referral_id"]),
         "all_referrals_terminal": closed,
@@ -153,6 +159,17 @@ def _decision_summary(decision: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     return {k: v for k, v in decision.items() if k not in ("trace",)} | {
         "fired": [t["rule_id"] for t in decision.get("trace", []) if t.get("fired")],
+    }
+
+
+def _decision_brief(decision: dict[str, Any]) -> dict[str, Any]:
+    """One stored decision (the first registration, a follow-up, a replay), in a line: what it made and why."""
+    keep = ("trigger", "case_version", "decided_at", "ruleset_version", "input_hash")
+    return {k: decision.get(k) for k in keep} | {
+        "fired": [t["rule_id"] for t in decision.get("trace", []) if t.get("fired")],
+        "referrals": [r.get("referral_id") for r in decision.get("referrals", [])],
+        "already_referred": [r.get("referral_id") for r in decision.get("already_referred", [])],
+        "withheld": [f"{w.get('agency_type')}:{w.get('service')}" for w in decision.get("withheld", [])],
     }
 
 

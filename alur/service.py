@@ -196,8 +196,8 @@ class Service:
         self._stopping.append(hook)
         return hook
 
-    def count(self, kind: str) -> None:
-        self.decisions.labels(self.name, kind).inc()
+    def count(self, kind: str, amount: float = 1) -> None:
+        self.decisions.labels(self.name, kind).inc(amount)
 
     async def _after_startup(self) -> None:
         self.registry_store = RegistryStore(self.js)

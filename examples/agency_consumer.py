@@ -92,9 +92,10 @@ class AgencyConsumer:
                 await msg.ack()
 
     async def close(self) -> None:
+        """Close the connection; unacknowledged referrals stay on the consumer for next time."""
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.close()
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from contracts.envelope import CloudEvent, derived_id
 from contracts.events import Case, FollowUpData
 from services.intake.cases import case_event, case_id_for, case_not_found, merge_followup, new_case
 from services.intake.matching import link, match_key_from_env, match_keys
-from services.intake.validation import ParsedReport, Rejection, parse_http_report, parse_report, rejected_event
+from services.intake.validation import EVENT_ID_RE, ParsedReport, Rejection, parse_http_report, parse_report, rejected_event
 
 service = Service("intake", consumers=["intake"])
 broker = service.broker
@@ -129,6 +129,9 @@ async def _follow_up(parsed: ParsedReport, stream_seq: int) -> None:
         return
     updated, changed, new_needs = merged
     if changed:
+        linked = await _link_possible_duplicates(updated)
+        if linked.possible_duplicates != updated.possible_duplicates:
+            updated, changed = linked, [*changed, "possible_duplicates"]
         try:
             await kv.update(case.case_id, updated.model_dump_json().encode(), last=entry.revision)
         except KeyWrongLastSequenceError:
@@ -176,8 +179,8 @@ async def post_report(request: Request) -> Response:
             body = CloudEvent[dict[str, Any]].build(
                 type="alur.report.submitted.v1", source=reporter, subject=None, data=obj, id=event_id,
             ).to_bytes()
-        elif isinstance(obj, dict) and isinstance(obj.get("id"), str):
-            event_id = obj["id"]
+        elif isinstance(obj, dict) and isinstance(obj.get("id"), str) and EVENT_ID_RE.fullmatch(obj["id"]):
+            event_id = obj["id"]  # the publisher's id dedups in REPORTS; anything else is no header value
     ack = await publish_raw(service.js, subjects.report(reporter), body, msg_id=event_id)
     result = parse_http_report(body, reporter=reporter, known_agencies=_known_agencies())
     if isinstance(result, Rejection):

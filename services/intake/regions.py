@@ -102,3 +102,20 @@ def _row(key: str, cases: int) -> RegionRow | None:
         value=value,
         cases=cases,
     )
+
+
+def regions_report(cases: Iterable[Case | Mapping[str, object]], min_group: int = MIN_GROUP) -> list[dict[str, object]]:
+    """`alur report regions`: rows (as dicts) from registered cases as CASES holds them, small groups suppressed.
+
+    A record that is not a valid case (an older or foreign shape) is left out rather than failing the report.
+    """
+    valid: list[Case] = []
+    for case in cases:
+        if isinstance(case, Case):
+            valid.append(case)
+            continue
+        try:
+            valid.append(Case.model_validate(case))
+        except ValueError:
+            continue
+    return [row.as_dict() for row in report(valid, min_group=min_group)]

@@ -30,6 +30,9 @@ INTAKE_SOURCE = "alur/intake"
 
 REPORT_REF_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+LONG_DIGITS = re.compile(r"\d{10,}")
+"""A run of digits that could be a NIK (16) or a phone number: never echoed, and refused in a report_ref,
+because a report_ref travels in case events, rejection subjects and logs."""
 
 HTTP_BAD_REQUEST = 400
 HTTP_TOO_LARGE = 413
@@ -159,6 +162,9 @@ def parse_report_data(
     except ValidationError as error:
         reasons += reasons_from(error, prefix=("data",))
         parsed = None
+    if parsed is not None and LONG_DIGITS.search(parsed.report_ref):
+        reasons.append(reason(["data", "report_ref"],
+                              "must not contain 10 or more digits in a row (it could be a NIK or a phone number)"))
     if parsed is None or reasons:
         return Rejection(reasons=unique(reasons), report_ref=_report_ref_of(data), event_id=event_id)
     return ParsedReport(
@@ -177,8 +183,13 @@ def rejected_event(
     stream_seq: int | None = None,
     time: datetime | None = None,
 ) -> CloudEvent[CaseRejectedData]:
-    """`alur.case.rejected.v1`; its id derives from the input (event id or stream sequence) so a replay repeats it."""
-    anchor = rejection.event_id or (str(stream_seq) if stream_seq is not None else None)
+    """`alur.case.rejected.v1`; its id derives from the stored input so a redelivery repeats it.
+
+    The anchor is the input's REPORTS sequence when known, else its event id: two different stored inputs
+    that reuse one event id (a sloppy sender, a corrected report) each get their own rejection, which an
+    anchor on the event id alone would drop as a JetStream duplicate.
+    """
+    anchor = f"seq:{stream_seq}" if stream_seq is not None else rejection.event_id
     return CloudEvent[CaseRejectedData].build(
         type=REJECTED_TYPE,
         source=INTAKE_SOURCE,
@@ -231,7 +242,9 @@ def _quoted(value: object, verb: str) -> str:
 
 
 def _clean(value: object, pattern: re.Pattern[str]) -> str | None:
-    return value if isinstance(value, str) and pattern.fullmatch(value) else None
+    if isinstance(value, str) and pattern.fullmatch(value) and not LONG_DIGITS.search(value):
+        return value
+    return None
 
 
 def _report_ref_of(data: object) -> str | None:

@@ -14,11 +14,13 @@ import contextlib
 import json
 import random
 from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from faststream.exceptions import NackMessage
 from faststream.nats import NatsMessage
+from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from pydantic import ValidationError
 
@@ -36,7 +38,7 @@ from contracts.events import (
     ResponseData,
     ResponseRefusedData,
 )
-from contracts.vocab import Channel, ReferralStatus
+from contracts.vocab import TERMINAL_STATUSES, Channel, ReferralStatus
 from services.intake.reasons import reasons_from
 from services.notify.escalation import arm, on_fire
 from services.notify.lifecycle import check_transition, validate_response
@@ -46,7 +48,9 @@ from services.notify.state import (
     ReferralState,
     Timer,
     TransitionRefused,
+    ReferralEvent,
     apply,
+    fold,
     new_state,
     record_attempt,
 )
@@ -61,6 +65,9 @@ log = service.log
 policy = load_policy(profile_dir() / "escalation.yaml", scale=service.settings.sla_scale)
 AUDIT_EVERY = max(0.5, 60 * service.settings.sla_scale)
 UNKNOWN_REFERRAL_RETRIES = 5
+REBUILD_READ_TIMEOUT = 2.0
+REROUTED = frozenset({ReferralStatus.REJECTED, ReferralStatus.REDIRECTED, ReferralStatus.EXPIRED})
+_STATUS_VERBS = frozenset(s.value for s in ReferralStatus) - {ReferralStatus.REQUESTED.value}
 breakers: dict[str, CircuitBreaker] = {}
 _rng = random.Random()
 _http: httpx.AsyncClient | None = None
@@ -104,6 +111,80 @@ async def save(state: ReferralState, revision: int | None) -> None:
             await kv.update(state.referral_id, payload, last=revision)
     except KeyWrongLastSequenceError:
         raise StateConflict(f"referral {state.referral_id} changed concurrently") from None
+
+
+async def _scan_referrals(filter_subject: str) -> AsyncIterator[Any]:
+    """Every REFERRALS message matching `filter_subject`, oldest first (an ordered consumer; nothing kept)."""
+    info = await service.js.stream_info(subjects.REFERRALS_STREAM, subjects_filter=filter_subject)
+    if not info.state.subjects:
+        return
+    sub = await service.js.subscribe(
+        filter_subject, stream=subjects.REFERRALS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=REBUILD_READ_TIMEOUT)
+            except TimeoutError:
+                return
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _event_data(msg: Any, referral_id: str) -> dict[str, Any] | None:
+    with contextlib.suppress(ValueError, AttributeError):
+        data = json.loads(msg.data).get("data")
+        if isinstance(data, dict) and data.get("referral_id") == referral_id:
+            return data
+    return None
+
+
+async def rebuild(referral_id: str) -> tuple[ReferralState, int] | None:
+    """The state of a referral missing from KV, folded from its REFERRALS events and stored again; None if
+    REFERRALS holds no request for it. The timer is re-armed under the current policy."""
+    request: ReferralRequestedData | None = None
+    async with contextlib.aclosing(_scan_referrals(f"{subjects.PREFIX}.referral.requested.*")) as msgs:
+        async for msg in msgs:
+            data = _event_data(msg, referral_id)
+            if data is not None:
+                request = ReferralRequestedData.model_validate(data)
+                break
+    if request is None:
+        return None
+    events: list[ReferralEvent] = [request]
+    async with contextlib.aclosing(_scan_referrals(f"{subjects.PREFIX}.referral.*.{request.agency}")) as msgs:
+        async for msg in msgs:
+            data = _event_data(msg, referral_id)
+            verb = subjects.parse(msg.subject).verb
+            if data is None or verb == "requested":
+                continue
+            with contextlib.suppress(ValidationError):
+                if verb in ("reminded", "escalated"):
+                    events.append(EscalationData.model_validate(data))
+                elif verb in _STATUS_VERBS:
+                    events.append(ReferralStatusData.model_validate(data))
+    state = arm(fold(events, policy), _now())
+    try:
+        await save(state, None)
+    except StateConflict:
+        return await load(referral_id)
+    await schedule(state)
+    service.count("state_rebuilt")
+    log.warning("referral state rebuilt from REFERRALS", referral_id=referral_id, case_id=state.case_id,
+                agency=state.agency, status=state.status.value, events=len(events))
+    return await load(referral_id)
+
+
+async def load_or_rebuild(referral_id: str) -> tuple[ReferralState, int] | None:
+    """The referral's state from KV, else rebuilt from REFERRALS (KV lost or purged), else None."""
+    loaded = await load(referral_id)
+    if loaded is not None:
+        return loaded
+    return await rebuild(referral_id)
 
 
 async def publish_status(state: ReferralState) -> None:
@@ -154,10 +235,12 @@ async def _open_referrals_of(case_id: str) -> list[str]:
     except (KeyNotFoundError, NotFoundError):
         return []
     open_ids = []
-    for referral_id in record.get("referrals", {}):
+    for referral_id, entry in record.get("referrals", {}).items():
         loaded = await load(referral_id)
         if loaded is None or not loaded[0].status.terminal:
             open_ids.append(referral_id)
+        elif loaded[0].status in REROUTED and not (isinstance(entry, dict) and entry.get("rerouted_to")):
+            open_ids.append(referral_id)  # routing has yet to send its service to the next agency
     return sorted(open_ids)
 
 
@@ -212,26 +295,38 @@ async def _agency_reachable(agency: Agency) -> bool:
         return True
 
 
+async def track(request: ReferralRequestedData) -> ReferralState:
+    """The referral's state, created (with its first timer armed) if notify does not track it yet."""
+    loaded = await load(request.referral_id)
+    if loaded is not None:
+        return loaded[0]
+    state = arm(new_state(request, policy, _now()), _now())
+    try:
+        await save(state, None)
+    except StateConflict:
+        return (await load(request.referral_id))[0]  # type: ignore[index]
+    log.info("tracking referral", referral_id=state.referral_id, case_id=state.case_id, agency=state.agency,
+             due=state.due.isoformat(), timer=state.escalation.timer.purpose if state.escalation.timer else None)
+    await schedule(state)
+    return state
+
+
+async def mark_delivered(referral_id: str) -> None:
+    """`delivered`, unless the referral already moved past it (or closed) meanwhile."""
+    with contextlib.suppress(TransitionRefused):
+        await transition(referral_id, ReferralStatus.DELIVERED, "system")
+
+
 @service.subscriber("notify-requests")
 async def on_requested(msg: NatsMessage) -> None:
     """Start tracking a new referral: state in KV, its acknowledgement timer, and delivery over NATS."""
     request = CloudEvent[ReferralRequestedData].model_validate_json(msg.raw_message.data).data
-    loaded = await load(request.referral_id)
-    if loaded is None:
-        state = arm(new_state(request, policy, _now()), _now())
-        try:
-            await save(state, None)
-        except StateConflict:
-            state = (await load(request.referral_id))[0]  # type: ignore[index]
-        log.info("tracking referral", referral_id=state.referral_id, case_id=state.case_id, agency=state.agency,
-                 due=state.due.isoformat(), timer=state.escalation.timer.purpose if state.escalation.timer else None)
-    else:
-        state = loaded[0]
+    state = await track(request)
     await schedule(state)
     agency = _registry().get(state.agency)
-    if agency is not None and agency.channel is Channel.NATS and state.status is ReferralStatus.REQUESTED:
+    if agency is not None and agency.enabled and agency.channel is Channel.NATS and state.status is ReferralStatus.REQUESTED:
         if await _agency_reachable(agency):
-            await transition(state.referral_id, ReferralStatus.DELIVERED, "system")
+            await mark_delivered(state.referral_id)
 
 
 # ------------------------------------------------------------------ webhooks
@@ -241,6 +336,15 @@ def _breaker(url: str) -> CircuitBreaker:
     if url not in breakers:
         breakers[url] = CircuitBreaker(scale=service.settings.sla_scale)
     return breakers[url]
+
+
+def _attempt_number(state: ReferralState | None, event_id: str, deliveries: int) -> int:
+    """Which try this is for the event: the attempts recorded for it plus one (redeliveries held by an open
+    breaker do not count); the message's delivery count when the referral is not tracked."""
+    if state is None:
+        return max(1, deliveries)
+    made = sum(1 for a in state.attempts if a.event_id == event_id and a.outcome != "circuit_open")
+    return made + 1
 
 
 async def _record(referral_id: str, attempt: DeliveryAttempt) -> None:
@@ -281,21 +385,29 @@ async def on_delivery(msg: NatsMessage) -> None:
     event = json.loads(raw.data)
     data = event.get("data", {})
     referral_id = data.get("referral_id", "")
-    loaded = await load(referral_id)
-    if parsed.verb == "requested" and loaded is not None and loaded[0].status.terminal:
-        log.info("delivery dropped: referral already terminal", referral_id=referral_id, status=loaded[0].status.value)
+    if parsed.verb == "requested":
+        # This consumer may see the request before `notify-requests` does: track it here too, so the
+        # attempts and `delivered` below always have a state to land on.
+        state: ReferralState | None = await track(CloudEvent[ReferralRequestedData].model_validate_json(raw.data).data)
+    else:
+        state = (await load(referral_id) or (None, 0))[0]
+    if parsed.verb == "requested" and state is not None and state.status.terminal:
+        log.info("delivery dropped: referral already terminal", referral_id=referral_id, status=state.status.value)
         return
-    attempt = raw.metadata.num_delivered
+    attempt = _attempt_number(state, event["id"], raw.metadata.num_delivered)
     breaker = _breaker(agency.url or "")
-    if not breaker.allow():
-        raise NackMessage(delay=max(0.05, breaker.retry_in()))
     assert _http is not None
     result = await deliver(_http, agency, event["id"], raw.data, _now(), attempt=attempt, breaker=breaker)
+    if result.attempt.outcome == "circuit_open":
+        # Not an attempt: nothing was sent. Wait for the breaker's probe slot without using up retries.
+        log.info("webhook delivery held: circuit open", referral_id=referral_id, agency=agency.id,
+                 delay=round(result.retry_after or 0.0, 3))
+        raise NackMessage(delay=max(0.05, result.retry_after or breaker.retry_in()))
     await _record(referral_id, result.attempt)
     if result.delivered:
         log.info("webhook delivered", referral_id=referral_id, agency=agency.id, event=parsed.verb, attempt=attempt)
         if parsed.verb == "requested":
-            await transition(referral_id, ReferralStatus.DELIVERED, "system")
+            await mark_delivered(referral_id)
         return
     if result.disable_endpoint:
         await service.registry_store.put(agency.model_copy(update={"enabled": False}))  # type: ignore[union-attr]
@@ -355,7 +467,7 @@ async def on_response(msg: NatsMessage) -> None:
     if response is None:
         await _refuse(sender, "bad_body", problem or "unreadable", referral_id=None, status=None, key=key)
         return
-    loaded = await load(response.referral_id)
+    loaded = await load_or_rebuild(response.referral_id)
     if loaded is None:
         if raw.metadata.num_delivered < UNKNOWN_REFERRAL_RETRIES:
             raise NackMessage(delay=max(0.2, 2.0 * service.settings.sla_scale))
@@ -400,7 +512,7 @@ async def post_response(request: Request) -> Response:
         response = ResponseData.model_validate({**body, "referral_id": referral_id})
     except ValidationError as exc:
         return Response(422, {"reasons": reasons_from(exc, ())})
-    loaded = await load(referral_id)
+    loaded = await load_or_rebuild(referral_id)
     if loaded is None:
         return Response(404, {"error": f"no referral {referral_id}"})
     state = loaded[0]
@@ -425,7 +537,7 @@ async def post_response(request: Request) -> Response:
 
 async def _fire(timer: Timer) -> bool:
     """Carry out one fired timer; False when it was stale."""
-    loaded = await load(timer.referral_id)
+    loaded = await load_or_rebuild(timer.referral_id)
     if loaded is None:
         return False
     state, revision = loaded
@@ -483,7 +595,7 @@ async def audit_once() -> int:
                               timer.model_dump_json().encode(), msg_id=f"audit:{timer.token}")
             repaired += 1
     if repaired:
-        service.count("auditor_repaired")
+        service.count("auditor_repaired", repaired)
         log.warning("auditor repaired timers", repaired=repaired)
     return repaired
 

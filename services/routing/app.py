@@ -14,6 +14,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from faststream.exceptions import NackMessage
 from faststream.nats import NatsMessage
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
@@ -32,6 +33,9 @@ app = service.app
 log = service.log
 rulebook = RuleBook.from_dir(profile_dir())
 RELOAD_EVERY = 2.0
+UNKNOWN_REFERRAL_RETRIES = 5
+"""How often a status event for a referral not yet in the case's record is retried before it is ignored:
+routing publishes a case's referrals before it saves their record, so a very quick answer can arrive first."""
 
 
 class RecordConflict(SafeError):
@@ -133,6 +137,8 @@ async def on_declined(msg: NatsMessage) -> None:
     record, revision = await _record(status.case_id)
     previous = record["referrals"].get(status.referral_id)
     if previous is None:
+        if msg.raw_message.metadata.num_delivered < UNKNOWN_REFERRAL_RETRIES:
+            raise NackMessage(delay=max(0.2, 2.0 * service.settings.sla_scale))
         log.warning("reroute for an unknown referral ignored", referral_id=status.referral_id, case_id=status.case_id)
         return
     if previous.get("rerouted_to"):
