@@ -71,6 +71,16 @@ class SecretStore:
             self._write(path, new_user_seed())
         return path.read_text().strip()
 
+    def match_key(self) -> str:
+        """The key of intake's identity hashes (possible duplicate victims); created once, kept."""
+        path = self.root / "match.key"
+        if not path.exists():
+            self._write(path, secrets.token_hex(32))
+        return path.read_text().strip()
+
+    def has_service(self, service: str) -> bool:
+        return (self.root / f"{service}.nk").exists()
+
     def agency(self, agency_id: str) -> AgencySecrets:
         path = self.root / "agencies" / f"{agency_id}.json"
         if not path.exists():

@@ -68,6 +68,8 @@ class Stack:
         profile_registry = load_registry_file()
         url = self.nats_url
         admin_seed = self.settings.nkey_seed
+        if admin_seed is None and self.secrets.has_service("admin"):
+            admin_seed = self.secrets.service_seed("admin")
         if self.embedded:
             self.server = EmbeddedServer(data_dir=data_dir, port=self.port)
             registry = self._registry_with_snapshot(profile_registry)
@@ -151,9 +153,9 @@ class Stack:
                 "ALUR_ROUTING_HTTP": _fmt(self.settings.routing_http),
                 "ALUR_NOTIFY_HTTP": _fmt(self.settings.notify_http),
             }
-            if self.embedded:
+            if self.embedded or self.secrets.has_service(name):
                 env["ALUR_NKEY_SEED"] = self.secrets.service_seed(name)
-                env.setdefault("ALUR_MATCH_KEY", self.secrets.service_seed("admin")[-32:])
+            env.setdefault("ALUR_MATCH_KEY", self.secrets.match_key())
             log_path = self.settings.data_dir / f"{name}.log"
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "alur.serve", name],
