@@ -24,7 +24,14 @@ from contracts.envelope import CloudEvent, derived_id
 from contracts.events import Case, FollowUpData
 from services.intake.cases import case_event, case_id_for, case_not_found, merge_followup, new_case
 from services.intake.matching import link, match_key_from_env, match_keys
-from services.intake.validation import EVENT_ID_RE, ParsedReport, Rejection, parse_http_report, parse_report, rejected_event
+from services.intake.validation import (
+    EVENT_ID_RE,
+    ParsedReport,
+    Rejection,
+    parse_http_report,
+    parse_report,
+    rejected_event,
+)
 
 service = Service("intake", consumers=["intake"])
 broker = service.broker
@@ -128,16 +135,19 @@ async def _follow_up(parsed: ParsedReport, stream_seq: int) -> None:
         await _reject(parsed.reporter, merged, stream_seq=stream_seq)
         return
     updated, changed, new_needs = merged
-    if changed:
-        linked = await _link_possible_duplicates(updated)
-        if linked.possible_duplicates != updated.possible_duplicates:
-            updated, changed = linked, [*changed, "possible_duplicates"]
+    if updated.report_refs == case.report_refs:
+        # this report is already on the case: a redelivery, or a crash between storing and publishing
+        log.info("follow-up already merged", case_id=case.case_id, report_ref=parsed.report_ref)
+    else:
+        # stored even when it changes no field: the case records every report it has heard
+        if changed:
+            linked = await _link_possible_duplicates(updated)
+            if linked.possible_duplicates != updated.possible_duplicates:
+                updated, changed = linked, [*changed, "possible_duplicates"]
         try:
             await kv.update(case.case_id, updated.model_dump_json().encode(), last=entry.revision)
         except KeyWrongLastSequenceError:
             raise CaseConflict(f"case {case.case_id} changed during the merge") from None
-    else:
-        log.info("follow-up already merged", case_id=case.case_id, report_ref=parsed.report_ref)
     await _publish_case(updated, parsed.report_ref, changed, "updated", reporter=parsed.reporter)
 
 
