@@ -151,6 +151,7 @@ class Service:
         self.app = AlurAsgi(
             self.broker,
             asgi_routes=[("/healthz", self._healthz), ("/readyz", self._readyz), ("/metrics", self._metrics)],
+            on_startup=[self._before_consuming],
             after_startup=[self._after_startup],
             logger=logging.getLogger(f"faststream.{self.name}"),
             on_shutdown=[self._on_shutdown],
@@ -199,12 +200,18 @@ class Service:
     def count(self, kind: str, amount: float = 1) -> None:
         self.decisions.labels(self.name, kind).inc(amount)
 
-    async def _after_startup(self) -> None:
+    async def _before_consuming(self, **_: Any) -> None:
+        """Connect, load the registry and run the start hooks *before* any subscriber starts: a handler
+        must never see an empty registry (a backlog would be rejected or left unroutable) or a hook's
+        resource not yet made."""
+        await self.broker.connect()
         self.registry_store = RegistryStore(self.js)
         self.credentials = CredentialStore(self.js)
         await self.registry_store.start_watch()
         for hook in self._started:
             await hook()
+
+    async def _after_startup(self) -> None:
         self.log.info("consuming", consumers=list(self.consumers))
 
     async def _on_shutdown(self) -> None:

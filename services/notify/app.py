@@ -38,7 +38,7 @@ from contracts.events import (
     ResponseData,
     ResponseRefusedData,
 )
-from contracts.vocab import TERMINAL_STATUSES, Channel, ReferralStatus
+from contracts.vocab import Channel, ReferralStatus
 from services.intake.reasons import reasons_from
 from services.notify.escalation import arm, on_fire
 from services.notify.lifecycle import check_transition, validate_response
@@ -66,6 +66,7 @@ policy = load_policy(profile_dir() / "escalation.yaml", scale=service.settings.s
 AUDIT_EVERY = max(0.5, 60 * service.settings.sla_scale)
 UNKNOWN_REFERRAL_RETRIES = 5
 REBUILD_READ_TIMEOUT = 2.0
+CAS_ATTEMPTS = 5
 REROUTED = frozenset({ReferralStatus.REJECTED, ReferralStatus.REDIRECTED, ReferralStatus.EXPIRED})
 _STATUS_VERBS = frozenset(s.value for s in ReferralStatus) - {ReferralStatus.REQUESTED.value}
 breakers: dict[str, CircuitBreaker] = {}
@@ -265,21 +266,30 @@ async def transition(
     referral_id: str, status: ReferralStatus, actor: str, *, reason: str | None = None,
     note: str | None = None, redirect_to: str | None = None,
 ) -> ReferralState | None:
-    """Apply one transition with compare-and-set, publish its fact and re-arm the timer; None if a no-op."""
-    loaded = await load(referral_id)
-    if loaded is None:
-        return None
-    state, revision = loaded
-    verdict = check_transition(state.status, status, actor)  # type: ignore[arg-type]
-    if verdict.duplicate and status is state.status and not (reason or note):
-        return None
-    moved = arm(apply(state, status, actor, at=_now(), reason=reason, note=note, redirect_to=redirect_to), _now())  # type: ignore[arg-type]
-    if moved.version == state.version and moved.status is state.status and len(moved.history) == len(state.history):
-        return None
-    await save(moved, revision)
-    await publish_status(moved)
-    await schedule(moved)
-    return moved
+    """Apply one transition with compare-and-set, publish its fact and re-arm the timer; None if a no-op.
+
+    A concurrent write (a timer firing, a delivery attempt recorded) makes it read the state again and
+    re-decide, so an agency's answers are never reordered by a retry of the message.
+    """
+    for _ in range(CAS_ATTEMPTS):
+        loaded = await load(referral_id)
+        if loaded is None:
+            return None
+        state, revision = loaded
+        verdict = check_transition(state.status, status, actor)  # type: ignore[arg-type]
+        if verdict.duplicate and status is state.status and not (reason or note):
+            return None
+        moved = arm(apply(state, status, actor, at=_now(), reason=reason, note=note, redirect_to=redirect_to), _now())  # type: ignore[arg-type]
+        if moved.version == state.version and moved.status is state.status and len(moved.history) == len(state.history):
+            return None
+        try:
+            await save(moved, revision)
+        except StateConflict:
+            continue
+        await publish_status(moved)
+        await schedule(moved)
+        return moved
+    raise StateConflict(f"referral {referral_id} kept changing concurrently")
 
 
 # ------------------------------------------------------------------ requested → tracked, delivered
@@ -376,6 +386,7 @@ async def _raise_to_coordinator(referral_id: str, case_id: str, agency: str, rea
 
 @service.subscriber("notify-deliveries")
 async def on_delivery(msg: NatsMessage) -> None:
+
     """POST each event meant for a webhook agency, signed; retry with backoff for days; 410 disables it."""
     raw = msg.raw_message
     parsed = subjects.parse(raw.subject)
@@ -405,7 +416,7 @@ async def on_delivery(msg: NatsMessage) -> None:
         raise NackMessage(delay=max(0.05, result.retry_after or breaker.retry_in()))
     await _record(referral_id, result.attempt)
     if result.delivered:
-        log.info("webhook delivered", referral_id=referral_id, agency=agency.id, event=parsed.verb, attempt=attempt)
+        log.info("webhook delivered", referral_id=referral_id, agency=agency.id, kind=parsed.verb, attempt=attempt)
         if parsed.verb == "requested":
             await mark_delivered(referral_id)
         return
@@ -457,7 +468,9 @@ def parse_response(raw: bytes) -> tuple[str | None, ResponseData | None, str | N
         return event_id, None, "; ".join(reasons_from(exc))
 
 
-@service.subscriber("notify-responses")
+# One response at a time, in stream order: FastStream runs a fetched batch concurrently, and an agency's
+# `accepted` must be recorded before its `completed`.
+@service.subscriber("notify-responses", batch_size=1)
 async def on_response(msg: NatsMessage) -> None:
     """Check an agency's answer (sender, transition, reason) and record it, or refuse it with the reason."""
     raw = msg.raw_message
@@ -536,16 +549,23 @@ async def post_response(request: Request) -> Response:
 
 
 async def _fire(timer: Timer) -> bool:
-    """Carry out one fired timer; False when it was stale."""
-    loaded = await load_or_rebuild(timer.referral_id)
-    if loaded is None:
-        return False
-    state, revision = loaded
-    secretariat = _registry().secretariat()
-    step = on_fire(state, timer, _now(), coordinators=[secretariat.id] if secretariat else [])
-    if step is None:
-        return False
-    await save(step.state, revision)
+    """Carry out one fired timer; False when it was stale. A concurrent write makes it decide again."""
+    for _ in range(CAS_ATTEMPTS):
+        loaded = await load_or_rebuild(timer.referral_id)
+        if loaded is None:
+            return False
+        state, revision = loaded
+        secretariat = _registry().secretariat()
+        step = on_fire(state, timer, _now(), coordinators=[secretariat.id] if secretariat else [])
+        if step is None:
+            return False
+        try:
+            await save(step.state, revision)
+        except StateConflict:
+            continue
+        break
+    else:
+        raise StateConflict(f"referral {timer.referral_id} kept changing concurrently")
     event = CloudEvent[EscalationData].build(
         type=f"alur.referral.{step.data.status}.v1", source="alur/notify", subject=state.referral_id,
         data=step.data, id=derived_id("referral.escalation", timer.token),
@@ -553,7 +573,7 @@ async def _fire(timer: Timer) -> bool:
     await publish(service.js, subjects.referral(step.data.status, state.agency), event)
     service.count(f"escalation_{step.action}")
     log.warning("referral escalated", referral_id=state.referral_id, case_id=state.case_id, agency=state.agency,
-                overdue=step.purpose, level=step.level, action=step.action, target=step.recipient)
+                overdue=step.purpose, escalation_level=step.level, action=step.action, target=step.recipient)
     if step.expired:
         await publish_status(step.state)
     await schedule(step.state)

@@ -1,0 +1,669 @@
+"""Notify against a real broker and a real local HTTP server (issue 5).
+
+- webhooks: signed per Standard Webhooks (verified on the receiving side), retried after a 5xx until a 2xx
+  makes the referral `delivered`, every attempt recorded; 410 disables the endpoint and raises it to the
+  coordinator; the webhook agencies are added with `alur agency add` while the system runs;
+- escalation at a small ALUR_SLA_SCALE: remind → raise → expire on time, the expired referral rerouted,
+  and an acknowledged referral never escalated for acknowledgement;
+- timers survive `kill -9` of notify, and the auditor repairs a lost timer and counts it;
+- responses: wrong agency, impossible transitions and bad bodies refused over NATS and HTTP;
+- the referral state rebuilt from REFERRALS when its KV entry is lost;
+- the closed loop: the secretariat hears each outcome and when every referral of the case is terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import uvicorn
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from alur.embedded import free_port
+from contracts.envelope import CloudEvent, derived_id
+from contracts.events import ReferralRequestedData, RuleReason
+from contracts.vocab import AgencyType, Priority, Service
+from tests.conftest import (
+    CONFIDENTIAL,
+    REFERENCE_REPORT,
+    REPO,
+    Running,
+    alur_env,
+    reference_report,
+    start_alur,
+    stop_alur,
+)
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def data_of(msg: Any) -> dict[str, Any]:
+    return json.loads(msg.data)["data"]
+
+
+def whsec() -> str:
+    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
+
+
+@dataclass
+class Seen:
+    at: float  # wall clock when the test received it
+    subject: str
+    data: dict[str, Any]
+
+    @property
+    def verb(self) -> str:
+        return self.subject.split(".")[2]
+
+    @property
+    def agency(self) -> str:
+        return self.subject.split(".")[3]
+
+
+class Feed:
+    """Every REFERRALS event from the start, in stream order; `seek` looks at what came already, then waits."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+        self.seen: list[Seen] = []
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> Feed:
+        return cls(await js.subscribe("alur.referral.>", stream="REFERRALS", ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.ALL))
+
+    async def seek(self, predicate: Callable[[Seen], bool], timeout: float = 20.0, after: int = 0) -> Seen:
+        """The first event at index >= `after` matching `predicate`, waiting up to `timeout` for it."""
+        for event in self.seen[after:]:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError("timed out waiting for a matching referral event")
+            msg = await self.sub.next_msg(timeout=remaining)
+            event = Seen(time.time(), msg.subject, data_of(msg))
+            self.seen.append(event)
+            if predicate(event):
+                return event
+
+    def index(self, event: Seen) -> int:
+        return self.seen.index(event)
+
+
+def about(verb: str, referral_id: str | None = None, agency: str | None = None, **fields: Any) -> Callable[[Seen], bool]:
+    return lambda e: (e.verb == verb and (referral_id is None or e.data.get("referral_id") == referral_id)
+                      and (agency is None or e.agency == agency)
+                      and all(e.data.get(k) == v for k, v in fields.items()))
+
+
+async def publish_report(running: Running, report: dict[str, Any]) -> None:
+    reporter = await running.agency("bp3mi-kalsel")
+    try:
+        await reporter.jetstream().publish("alur.report.bp3mi-kalsel", json.dumps(report).encode(),
+                                           headers={"Nats-Msg-Id": report["id"]}, timeout=5)
+    finally:
+        await reporter.close()
+
+
+async def case_referrals(js: JetStreamContext, timeout: float = 20.0) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(case id, requested data by referral id) of the one case routed so far, once routing stored it."""
+    kv = await js.key_value("case-referrals")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            keys = await kv.keys()
+            if keys:
+                record = json.loads((await kv.get(keys[0])).value)
+                if record.get("referrals"):
+                    return keys[0], record["referrals"]
+        await asyncio.sleep(0.1)
+    raise AssertionError("routing stored no referrals")
+
+
+async def referral_state(js: JetStreamContext, referral_id: str) -> dict[str, Any] | None:
+    kv = await js.key_value("referrals")
+    try:
+        entry = await kv.get(referral_id)
+    except Exception:
+        return None
+    return json.loads(entry.value) if entry.value else None
+
+
+async def wait_for(check: Callable[[], Any], timeout: float = 15.0, every: float = 0.1) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(every)
+
+
+def response_event(agency: str, referral_id: str, status: str, **extra: Any) -> bytes:
+    return json.dumps({
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": agency, "type": "alur.referral.response.v1",
+        "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json",
+        "data": {"referral_id": referral_id, "status": status, **extra},
+    }).encode()
+
+
+async def respond(client: Client, agency: str, referral_id: str, status: str, **extra: Any) -> None:
+    await client.jetstream().publish(f"alur.response.{agency}", response_event(agency, referral_id, status, **extra),
+                                     timeout=5)
+
+
+# ------------------------------------------------------------------------- a real local webhook receiver
+
+
+@dataclass
+class Call:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """An HTTP server on a free loopback port; `answer(path, webhook_id, nth)` picks each status code."""
+
+    answer: Callable[[str, str, int], int]
+    port: int = field(default_factory=free_port)
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        webhook_id = headers.get("webhook-id", "")
+        nth = sum(1 for c in self.calls if c.path == scope["path"] and c.headers.get("webhook-id") == webhook_id)
+        self.calls.append(Call(scope["path"], headers, body, time.monotonic()))
+        status = self.answer(scope["path"], webhook_id, nth)
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok" if status < 300 else b"no"})
+
+    def to(self, path: str) -> list[Call]:
+        return [c for c in self.calls if c.path == path]
+
+
+@contextlib.asynccontextmanager
+async def serving(receiver: Receiver) -> AsyncIterator[Receiver]:
+    config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_config=None, lifespan="off",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_for(lambda: server.started, timeout=10, every=0.02)
+    try:
+        yield receiver
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
+# ------------------------------------------------------------------------------------ 1. webhooks
+
+
+async def test_webhook_is_signed_retried_delivered_and_410_disables_the_endpoint(alur: Running) -> None:
+    flaky_secret, gone_secret = whsec(), whsec()
+
+    def answer(path: str, webhook_id: str, nth: int) -> int:
+        if path == "/health":
+            return 500 if nth == 0 else 200  # each event: first a server error, then accepted
+        return 410
+
+    async with serving(Receiver(answer)) as receiver:
+        # The live registry: two agencies switch to webhooks while the system runs, via the public CLI.
+        alur.cli("agency", "add", "dinkes-banjarmasin", "--type", "health", "--regions", "6371",
+                 "--channel", "webhook", "--url", f"{receiver.url}/health", "--secret", flaky_secret)
+        alur.cli("agency", "add", "dinsos-banjarmasin", "--type", "social_services", "--regions", "6371",
+                 "--channel", "webhook", "--url", f"{receiver.url}/gone", "--secret", gone_secret)
+        listed = {a["id"]: a for a in json.loads(alur.cli("agency", "list", "--json").stdout)}
+        assert listed["dinkes-banjarmasin"]["channel"] == "webhook"
+        assert "secret" not in listed["dinkes-banjarmasin"]
+
+        admin = await alur.admin()
+        js = admin.jetstream()
+        # A new NATS agency gets its durable consumer from notify, without a restart.
+        alur.cli("agency", "add", "polres-tapin", "--type", "police", "--regions", "6305")
+
+        async def consumer_of_new_agency() -> Any:
+            with contextlib.suppress(Exception):
+                return (await js.consumer_info("REFERRALS", "agency-polres-tapin")).config
+            return None
+        config = await wait_for(consumer_of_new_agency)
+        assert config.filter_subjects == ["alur.referral.*.polres-tapin"]
+
+        feed = await Feed.open(js)
+        await publish_report(alur, REFERENCE_REPORT)
+
+        delivered = (await feed.seek(about("delivered", agency="dinkes-banjarmasin"))).data
+        raised = (await feed.seek(about("escalated", agency="dinsos-banjarmasin", overdue="delivery"))).data
+
+        # What the receiver got is signed per Standard Webhooks with the agency's secret, and only that.
+        health_calls = receiver.to("/health")
+        assert len(health_calls) >= 2
+        for call in health_calls:
+            payload = Webhook(flaky_secret).verify(call.body, call.headers)
+            assert payload["specversion"] == "1.0" and payload["data"]["agency"] == "dinkes-banjarmasin"
+            assert call.headers["webhook-id"] == payload["id"]
+            assert call.headers["webhook-signature"].startswith("v1,")
+            with pytest.raises(WebhookVerificationError):
+                Webhook(gone_secret).verify(call.body, call.headers)
+        request_calls = [c for c in health_calls if json.loads(c.body)["data"]["referral_id"] == delivered["referral_id"]
+                         and json.loads(c.body)["type"] == "alur.referral.requested.v1"]
+        assert len(request_calls) == 2, "one 500, then one retry that got the 200"
+        assert request_calls[0].headers["webhook-id"] == request_calls[1].headers["webhook-id"]
+        for call in receiver.to("/gone"):
+            Webhook(gone_secret).verify(call.body, call.headers)
+
+        # Every attempt is recorded on the referral's state, transport facts only.
+        state = await referral_state(js, delivered["referral_id"])
+        assert state is not None
+        tried = [(a["outcome"], a["http_status"]) for a in state["attempts"] if a["event_id"] == request_calls[0].headers["webhook-id"]]
+        assert tried == [("failed", 500), ("delivered", 200)]
+        assert [h["status"] for h in state["history"]][:2] == ["requested", "delivered"]
+
+        # 410 Gone: the endpoint is disabled in the registry and the coordinator hears of it.
+        assert raised["target"] == "coordinator" and raised["level"] == 2 and "gt-kalsel" in raised["notify"]
+        assert "410" in raised["reason"]
+        shown = json.loads(alur.cli("agency", "show", "dinsos-banjarmasin", "--json").stdout)
+        assert shown["enabled"] is False
+        gone_referral = await referral_state(js, raised["referral_id"])
+        assert gone_referral is not None and any(a["outcome"] == "gone" and a["http_status"] == 410
+                                                 for a in gone_referral["attempts"])
+        assert gone_referral["status"] == "requested", "never reached, so never delivered"
+
+        # Each fact once: no referral was marked delivered twice.
+        counts: dict[str, int] = {}
+        async for msg in _stream(js, "alur.referral.delivered.>"):
+            counts[data_of(msg)["referral_id"]] = counts.get(data_of(msg)["referral_id"], 0) + 1
+        assert counts and max(counts.values()) == 1
+        await admin.close()
+    logs = alur.logs()
+    for secret in (*CONFIDENTIAL, flaky_secret, gone_secret):
+        assert secret not in logs
+
+
+async def _stream(js: JetStreamContext, filter_subject: str) -> AsyncIterator[Any]:
+    """The messages of REFERRALS matching `filter_subject` now, oldest first."""
+    info = await js.stream_info("REFERRALS", subjects_filter=filter_subject)
+    if not info.state.subjects:
+        return
+    sub = await js.subscribe(filter_subject, stream="REFERRALS", ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.ALL)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()
+
+
+# ------------------------------------------------------------------------------ 2. escalation ladder
+
+ESCALATION_SCALE = 0.0003  # high priority: ack due 1.08 s, raise +1.08 s, expire +6.48 s
+
+
+@pytest.fixture
+def fast_alur(tmp_path: Path) -> Iterator[Running]:
+    data_dir = tmp_path / "alur"
+    running = start_alur(data_dir, env=alur_env(data_dir, ALUR_SLA_SCALE=str(ESCALATION_SCALE)))
+    yield running
+    if running.process.poll() is None:
+        stop_alur(running)
+
+
+async def test_silence_is_reminded_raised_expired_and_rerouted_but_an_acknowledgement_stops_it(
+    fast_alur: Running,
+) -> None:
+    admin = await fast_alur.admin()
+    js = admin.jetstream()
+    feed = await Feed.open(js)
+    police = await fast_alur.agency("polresta-banjarmasin")
+    await publish_report(fast_alur, REFERENCE_REPORT)
+
+    # Police acknowledges its referral at once; UPTD PPA Banjarmasin stays silent.
+    first_police = await feed.seek(about("requested", agency="polresta-banjarmasin"))
+    answered_id = first_police.data["referral_id"]
+    await respond(police, "polresta-banjarmasin", answered_id, "acknowledged")
+    silent = (await feed.seek(about("requested", agency="uptd-ppa-banjarmasin"))).data
+    assert silent["priority"] == "high"
+    rid = silent["referral_id"]
+    due = datetime.fromisoformat(silent["due"]).timestamp()
+
+    reminded = await feed.seek(about("reminded", rid))
+    assert reminded.data["level"] == 1 and reminded.data["action"] == "remind" and reminded.data["target"] == "agency"
+    assert reminded.data["overdue"] == "ack" and reminded.data["notify"] == ["uptd-ppa-banjarmasin"]
+    assert due - 0.2 <= reminded.at <= due + 3.0, "the reminder fires at the deadline, not before or long after"
+
+    raised = await feed.seek(about("escalated", rid, action="raise"))
+    assert raised.data["level"] == 2 and raised.data["target"] == "coordinator" and "gt-kalsel" in raised.data["notify"]
+    raise_at = due + 3600 * ESCALATION_SCALE
+    assert raise_at - 0.2 <= raised.at <= raise_at + 3.0
+
+    expiring = await feed.seek(about("escalated", rid, action="expire"))
+    assert expiring.data["level"] == 3 and expiring.data["target"] == "coordinator"
+    expired = await feed.seek(about("expired", rid))
+    assert expired.data["reason"] == "ack_overdue"
+    expire_at = due + 6 * 3600 * ESCALATION_SCALE
+    assert expire_at - 0.2 <= expired.at <= expire_at + 3.0
+    assert feed.index(reminded) < feed.index(raised) < feed.index(expiring) < feed.index(expired)
+
+    # Routing reroutes the expired referral: same service, another agency (or the secretariat).
+    rerouted = (await feed.seek(lambda e: e.verb == "requested" and e.data.get("replaces") == rid)).data
+    assert rerouted["service"] == silent["service"]
+    assert rerouted["agency"] in ("uptd-ppa-kalsel", "gt-kalsel")
+
+    state = await referral_state(js, rid)
+    assert state is not None and state["status"] == "expired" and state["outcome"]["reason"] == "ack_overdue"
+    assert state["escalation"]["policy"]["version"] == "kalsel-2026.1", "the policy is snapshotted on the referral"
+    assert state["escalation"]["timer"] is None, "nothing left to fire for a closed referral"
+
+    # The acknowledged referral: never escalated for acknowledgement once acknowledged.
+    acknowledged = await feed.seek(about("acknowledged", answered_id))
+    later = feed.seen[feed.index(acknowledged) + 1:]
+    assert not [e for e in later if e.data.get("referral_id") == answered_id and e.verb in ("reminded", "escalated")
+                and e.data["overdue"] == "ack"]
+    assert not [e for e in feed.seen if e.data.get("referral_id") == answered_id and e.verb == "expired"]
+    answered_state = await referral_state(js, answered_id)
+    assert answered_state is not None and answered_state["status"] == "acknowledged"
+    assert answered_state["escalation"]["timer"]["purpose"] != "ack"
+    await police.close()
+    await admin.close()
+
+
+# ------------------------------------------------------------------- 3. timers survive, the auditor
+
+NOTIFY_SCALE = "0.001"
+
+
+@dataclass
+class Notify:
+    """notify alone (`python -m alur.serve notify`) against a plain nats-server."""
+
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http(self) -> str:
+        return "http://" + self.env["ALUR_NOTIFY_HTTP"]
+
+    async def start(self) -> None:
+        out = self.log.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "alur.serve", "notify"], env=self.env, cwd=REPO,
+                                        stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+
+        async def ready() -> bool:
+            assert self.process is not None
+            assert self.process.poll() is None, self.log.read_text(errors="replace")[-2000:]
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=1) as client:
+                    return (await client.get(self.http + "/readyz")).status_code == 200
+            return False
+
+        await wait_for(ready, timeout=30, every=0.1)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def notify_alone(nats_server: str, tmp_path: Path) -> Iterator[Notify]:
+    """The topology and registry provisioned with `alur provision`, and notify ready to be started."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALUR_")}
+    env.update({"ALUR_NATS_URL": nats_server, "ALUR_DATA_DIR": str(tmp_path / "alur"), "ALUR_SLA_SCALE": NOTIFY_SCALE,
+                "ALUR_NOTIFY_HTTP": f"127.0.0.1:{free_port()}", "PYTHONUNBUFFERED": "1"})
+    subprocess.run([sys.executable, "-m", "alur.cli", "provision", "--nats", nats_server], env=env, cwd=REPO,
+                   check=True, capture_output=True, timeout=60)
+    notify = Notify(env, tmp_path / "notify.log")
+    yield notify
+    notify.stop()
+
+
+async def request_referral(js: JetStreamContext, agency: str, *, due_in: float, case_id: str | None = None,
+                           service: Service = Service.INVESTIGATION) -> ReferralRequestedData:
+    """Publish `alur.referral.requested.<agency>` as routing would."""
+    now = datetime.now(UTC)
+    case_id = case_id or "case-" + uuid.uuid4().hex[:20]
+    data = ReferralRequestedData(
+        referral_id="ref-" + uuid.uuid4().hex[:20], case_id=case_id, agency=agency, agency_type=AgencyType.POLICE,
+        service=service, priority=Priority.HIGH, due=now + timedelta(seconds=due_in),
+        reasons=[RuleReason(rule_id="test", description="a test referral", legal_basis="none")],
+        ruleset_version="test", case={"case_id": case_id, "regency": "6371"}, requested_at=now,
+    )
+    event = CloudEvent[ReferralRequestedData].build(
+        type="alur.referral.requested.v1", source="alur/routing", subject=data.referral_id, data=data,
+        id=derived_id("referral.requested", data.referral_id),
+    )
+    await js.publish(f"alur.referral.requested.{agency}", event.to_bytes(), headers={"Nats-Msg-Id": event.id},
+                     timeout=5)
+    return data
+
+
+async def armed_timer(js: JetStreamContext, referral_id: str, level: int) -> dict[str, Any]:
+    """The schedule notify keeps in TIMERS for the referral, once it is the one for `level`."""
+    async def check() -> dict[str, Any] | None:
+        with contextlib.suppress(Exception):
+            msg = await js.get_last_msg("TIMERS", f"alur.timer.schedule.{referral_id}.next")
+            timer = json.loads(msg.data)
+            if timer["level"] == level:
+                return timer
+        return None
+    return await wait_for(check, timeout=15, every=0.05)
+
+
+async def test_timers_survive_a_kill_of_notify(notify_alone: Notify, nc: Client) -> None:
+    js = nc.jetstream()
+    await notify_alone.start()
+    feed = await Feed.open(js)
+    request = await request_referral(js, "polda-kalsel", due_in=3.0)
+    timer = await armed_timer(js, request.referral_id, level=1)
+    assert timer["purpose"] == "ack"
+    await feed.seek(about("delivered", request.referral_id, agency="polda-kalsel"))
+
+    notify_alone.kill()  # no graceful shutdown: whatever notify held in memory is gone
+    # While notify is down the schedule still fires, into TIMERS.
+    fired = f"alur.timer.fired.{request.referral_id}.ack"
+    await wait_for(lambda: _has_message(js, "TIMERS", fired), timeout=15)
+    assert datetime.now(UTC) >= request.due
+
+    await notify_alone.start()
+    reminded = (await feed.seek(about("reminded", request.referral_id, agency="polda-kalsel"), timeout=15)).data
+    assert reminded["overdue"] == "ack" and reminded["level"] == 1 and reminded["target"] == "agency"
+    # And the ladder goes on from the restarted process: level 2 armed in JetStream.
+    await armed_timer(js, request.referral_id, level=2)
+
+
+async def _has_message(js: JetStreamContext, stream: str, subject: str) -> bool:
+    info = await js.stream_info(stream, subjects_filter=subject)
+    return bool(info.state.subjects)
+
+
+async def test_the_auditor_repairs_a_lost_timer_and_counts_it(notify_alone: Notify, nc: Client) -> None:
+    js = nc.jetstream()
+    await notify_alone.start()
+    feed = await Feed.open(js)
+    request = await request_referral(js, "polda-kalsel", due_in=0.5)
+    await feed.seek(about("reminded", request.referral_id), timeout=15)
+    level2 = await armed_timer(js, request.referral_id, level=2)
+
+    await js.purge_stream("TIMERS")  # the raise's schedule is lost, as in a crash of the store
+    assert not await _has_message(js, "TIMERS", f"alur.timer.schedule.{request.referral_id}.next")
+
+    raised = (await feed.seek(about("escalated", request.referral_id, agency="polda-kalsel"), timeout=20)).data
+    assert raised["level"] == 2 and raised["target"] == "coordinator" and raised["overdue"] == "ack"
+    assert datetime.now(UTC) >= datetime.fromisoformat(level2["fire_at"])
+
+    async with httpx.AsyncClient(timeout=5) as client:
+        metrics = (await client.get(notify_alone.http + "/metrics")).text
+    repaired = [line for line in metrics.splitlines()
+                if line.startswith("alur_decisions_total") and 'kind="auditor_repaired"' in line]
+    assert repaired and float(repaired[0].rsplit(" ", 1)[1]) >= 1
+    assert "auditor repaired timers" in notify_alone.log.read_text(errors="replace")
+
+
+# ----------------------------------------------------- 4. responses, rebuild, closed loop (one case)
+
+
+async def test_responses_are_checked_state_rebuilds_and_the_loop_closes(alur: Running) -> None:
+    admin = await alur.admin()
+    js = admin.jetstream()
+    feed = await Feed.open(js)
+    await publish_report(alur, reference_report(report_ref="BP3MI-KS-2026-0777"))
+    case_id, referrals = await case_referrals(js)
+    holders = {r["agency"] for r in referrals.values()}
+    assert {"uptd-ppa-banjarmasin", "polresta-banjarmasin"} <= holders
+    ppa_ref = next(rid for rid, r in referrals.items() if r["agency"] == "uptd-ppa-banjarmasin")
+    police_ref = next(rid for rid, r in referrals.items() if r["agency"] == "polresta-banjarmasin")
+    clients = {agency: await alur.agency(agency) for agency in holders}
+    await wait_for(lambda: _all_tracked(js, list(referrals)), timeout=15)
+
+    # ---- over NATS: the refusals name the sender, the code and the reason.
+    police = clients["polresta-banjarmasin"]
+    ppa = clients["uptd-ppa-banjarmasin"]
+    await respond(police, "polresta-banjarmasin", ppa_ref, "accepted")
+    wrong = (await feed.seek(about("response_refused", agency="polresta-banjarmasin"))).data
+    assert wrong["code"] == "wrong_agency" and wrong["referral_id"] == ppa_ref
+    assert "uptd-ppa-banjarmasin" in wrong["reason"]
+    await respond(ppa, "uptd-ppa-banjarmasin", ppa_ref, "completed")
+    impossible = (await feed.seek(about("response_refused", agency="uptd-ppa-banjarmasin", status="completed"))).data
+    assert impossible["code"] == "impossible_transition" and impossible["status"] == "completed"
+    await respond(ppa, "uptd-ppa-banjarmasin", ppa_ref, "rejected")
+    no_reason = (await feed.seek(about("response_refused", agency="uptd-ppa-banjarmasin", status="rejected"))).data
+    assert no_reason["code"] == "bad_body" and "reason" in no_reason["reason"]
+    ppa_state = await referral_state(js, ppa_ref)
+    assert ppa_state is not None and ppa_state["status"] in ("requested", "delivered"), "refusals change nothing"
+
+    # ---- over HTTP: the bearer token decides who speaks.
+    ppa_token = json.loads(alur.cli("agency", "creds", "uptd-ppa-banjarmasin", "--json").stdout)["http_token"]
+    police_token = json.loads(alur.cli("agency", "creds", "polresta-banjarmasin", "--json").stdout)["http_token"]
+    url = f"{alur.http('notify')}/v1/referrals/{ppa_ref}/responses"
+    as_ppa = {"Authorization": f"Bearer {ppa_token}"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.post(url, json={"status": "acknowledged"})).status_code == 401
+        assert (await http.post(url, json={"status": "acknowledged"},
+                                headers={"Authorization": "Bearer not-a-token"})).status_code == 401
+        forbidden = await http.post(url, json={"status": "acknowledged"},
+                                    headers={"Authorization": f"Bearer {police_token}"})
+        assert forbidden.status_code == 403 and forbidden.json()["code"] == "wrong_agency"
+        conflict = await http.post(url, json={"status": "completed"}, headers=as_ppa)
+        assert conflict.status_code == 409 and conflict.json()["code"] == "impossible_transition"
+        assert (await http.post(url, json={"status": "rejected"}, headers=as_ppa)).status_code == 422
+        assert (await http.post(url, json={"status": "rejected", "reason": "not-a-code"},
+                                headers=as_ppa)).status_code == 422
+        assert (await http.post(url, json={"status": "teleported"}, headers=as_ppa)).status_code == 422
+        assert (await http.post(url, json={"status": "acknowledged", "referral_id": police_ref},
+                                headers=as_ppa)).status_code == 422
+        good = await http.post(url, json={"status": "acknowledged", "note": "seen by the duty officer"},
+                               headers=as_ppa)
+        assert good.status_code == 202, good.text
+    acknowledged = (await feed.seek(about("acknowledged", ppa_ref, agency="uptd-ppa-banjarmasin"))).data
+    assert acknowledged["note"] == "seen by the duty officer"
+
+    # ---- state lost from KV: rebuilt from REFERRALS when the agency next answers.
+    async def police_delivered() -> bool:
+        state = await referral_state(js, police_ref)
+        return state is not None and state["status"] == "delivered"
+    await wait_for(police_delivered)
+    kv = await js.key_value("referrals")
+    await kv.purge(police_ref)
+    assert await referral_state(js, police_ref) is None
+    await respond(police, "polresta-banjarmasin", police_ref, "accepted", note="investigator assigned")
+    accepted = (await feed.seek(about("accepted", police_ref, agency="polresta-banjarmasin"))).data
+    assert accepted["case_id"] == case_id
+    rebuilt = await referral_state(js, police_ref)
+    assert rebuilt is not None
+    assert [h["status"] for h in rebuilt["history"]][:3] == ["requested", "delivered", "accepted"]
+    assert rebuilt["escalation"]["timer"]["purpose"] == "update", "the next timer is re-armed"
+
+    # ---- the closed loop: every agency takes its referrals on and completes them.
+    for rid, r in referrals.items():
+        agency = r["agency"]
+        if rid != police_ref:
+            await respond(clients[agency], agency, rid, "accepted")
+        await respond(clients[agency], agency, rid, "completed", note="service given")
+
+    secretariat = await alur.agency("gt-kalsel")
+    inbox = await secretariat.jetstream().pull_subscribe_bind(
+        durable="agency-gt-kalsel", stream="REFERRALS", inbox_prefix=b"_INBOX.gt-kalsel.pull.")
+    outcomes: dict[str, dict[str, Any]] = {}
+    closed: dict[str, Any] | None = None
+    deadline = time.monotonic() + 20
+    while closed is None:
+        assert time.monotonic() < deadline, f"the loop did not close; outcomes so far: {sorted(outcomes)}"
+        with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
+            for msg in await inbox.fetch(20, timeout=1):
+                await msg.ack()
+                if msg.subject == "alur.referral.outcome.gt-kalsel" and data_of(msg)["case_id"] == case_id:
+                    outcome = data_of(msg)
+                    outcomes[outcome["referral_id"]] = outcome
+                    if outcome["all_referrals_terminal"]:
+                        closed = outcome
+    assert closed["open_referrals"] == []
+    assert set(outcomes) == set(referrals), "a structured outcome for every referral"
+    for outcome in outcomes.values():
+        assert outcome["status"] == "completed"
+        assert outcome["outcome"]["status"] == "completed" and outcome["outcome"]["note"] == "service given"
+
+    trace = json.loads(alur.cli("trace", case_id, "--json").stdout)
+    assert trace["all_referrals_terminal"] is True
+    assert {r["referral_id"] for r in trace["referrals"]} == set(referrals)
+    assert all(r["status"] == "completed" for r in trace["referrals"])
+
+    for client in (*clients.values(), secretariat, admin):
+        await client.close()
+    logs = alur.logs()
+    for secret in (*CONFIDENTIAL, ppa_token, police_token):
+        assert secret not in logs
+
+
+async def _all_tracked(js: JetStreamContext, referral_ids: list[str]) -> bool:
+    return all([await referral_state(js, rid) is not None for rid in referral_ids])
