@@ -41,7 +41,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from alur.embedded import free_port
 from contracts.envelope import CloudEvent, derived_id
 from contracts.events import ReferralRequestedData, RuleReason
-from contracts.vocab import AgencyType, Priority, Service
+from contracts.vocab import AgencyType, Priority, ReferralStatus, Service
+from services.notify.state import ReferralState, apply
 from tests.conftest import (
     CONFIDENTIAL,
     REFERENCE_REPORT,
@@ -547,7 +548,27 @@ async def test_the_auditor_repairs_a_lost_timer_and_counts_it(notify_alone: Noti
     repaired = [line for line in metrics.splitlines()
                 if line.startswith("alur_decisions_total") and 'kind="auditor_repaired"' in line]
     assert repaired and float(repaired[0].rsplit(" ", 1)[1]) >= 1
-    assert "auditor repaired timers" in notify_alone.log.read_text(errors="replace")
+    assert "auditor repaired referrals" in notify_alone.log.read_text(errors="replace")
+
+
+async def test_the_auditor_publishes_a_fact_lost_between_saving_and_publishing(
+    notify_alone: Notify, nc: Client
+) -> None:
+    js = nc.jetstream()
+    await notify_alone.start()
+    feed = await Feed.open(js)
+    request = await request_referral(js, "polda-kalsel", due_in=600.0)
+    await feed.seek(about("delivered", request.referral_id, agency="polda-kalsel"))
+
+    kv = await js.key_value("referrals")
+    entry = await kv.get(request.referral_id)
+    state = ReferralState.model_validate_json(entry.value)
+    crashed = apply(state, ReferralStatus.ACKNOWLEDGED, "agency", at=datetime.now(UTC), note="seen")
+    await kv.update(request.referral_id, crashed.model_dump_json().encode(), last=entry.revision)
+
+    recovered = (await feed.seek(about("acknowledged", request.referral_id, agency="polda-kalsel"), timeout=20)).data
+    assert recovered["note"] == "seen"
+    assert "recovered" in notify_alone.log.read_text(errors="replace")
 
 
 # ----------------------------------------------------- 4. responses, rebuild, closed loop (one case)

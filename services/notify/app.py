@@ -65,6 +65,7 @@ log = service.log
 policy = load_policy(profile_dir() / "escalation.yaml", scale=service.settings.sla_scale)
 AUDIT_EVERY = max(0.5, 60 * service.settings.sla_scale)
 UNKNOWN_REFERRAL_RETRIES = 5
+REPUBLISH_WITHIN = timedelta(minutes=5)  # well inside the streams' 10-minute duplicate window
 REBUILD_READ_TIMEOUT = 2.0
 CAS_ATTEMPTS = 5
 REROUTED = frozenset({ReferralStatus.REJECTED, ReferralStatus.REDIRECTED, ReferralStatus.EXPIRED})
@@ -188,8 +189,13 @@ async def load_or_rebuild(referral_id: str) -> tuple[ReferralState, int] | None:
     return await rebuild(referral_id)
 
 
-async def publish_status(state: ReferralState) -> None:
-    """Publish the fact of the state's latest transition, once (the id derives from referral and step)."""
+async def publish_status(state: ReferralState, *, recovering: bool = False) -> bool:
+    """Publish the fact of the state's latest transition, once (the id derives from referral and step).
+
+    Returns whether the fact is new to the stream. `recovering` is the auditor's pass over recent
+    transitions: a fact lost in a crash between saving the state and publishing it goes out then,
+    and one already published is dropped by JetStream's duplicate window.
+    """
     last = state.history[-1]
     data = ReferralStatusData(
         referral_id=state.referral_id, case_id=state.case_id, agency=state.agency, status=last.status,
@@ -201,12 +207,15 @@ async def publish_status(state: ReferralState) -> None:
         type=f"alur.referral.{last.status.value}.v1", source="alur/notify", subject=state.referral_id,
         data=data, id=derived_id("referral.status", step), time=last.at,
     )
-    await publish(service.js, subjects.referral(last.status.value, state.agency), event)
+    ack = await publish(service.js, subjects.referral(last.status.value, state.agency), event)
+    if ack.duplicate:
+        return False
     service.count(f"referral_{last.status.value}")
     log.info(f"referral {last.status.value}", referral_id=state.referral_id, case_id=state.case_id,
-             agency=state.agency, reason=last.reason)
+             agency=state.agency, reason=last.reason, recovered=recovering)
     if last.status.terminal:
         await _publish_outcome(state)
+    return True
 
 
 async def _publish_outcome(state: ReferralState) -> None:
@@ -600,9 +609,14 @@ async def audit_once() -> int:
     grace = timedelta(seconds=max(1.0, 5 * AUDIT_EVERY))
     for key in keys:
         loaded = await load(key)
-        if loaded is None or loaded[0].status.terminal:
+        if loaded is None:
             continue
         state, revision = loaded
+        last = state.history[-1]
+        if last.status is not ReferralStatus.REQUESTED and now - last.at < REPUBLISH_WITHIN:
+            repaired += await publish_status(state, recovering=True)
+        if state.status.terminal:
+            continue
         planned = arm(state, now)
         timer = state.escalation.timer
         if timer is None and planned.escalation.timer is not None:
@@ -616,7 +630,7 @@ async def audit_once() -> int:
             repaired += 1
     if repaired:
         service.count("auditor_repaired", repaired)
-        log.warning("auditor repaired timers", repaired=repaired)
+        log.warning("auditor repaired referrals (lost timers or facts)", repaired=repaired)
     return repaired
 
 
