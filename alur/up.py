@@ -27,6 +27,7 @@ from alur.security import SecretStore, authorization
 from alur.settings import Settings
 
 SERVICES = ("intake", "routing", "notify")
+STOP_GRACE = 20.0
 SERVICE_CONSUMERS = {
     "intake": [("REPORTS", "intake")],
     "routing": [("CASES", "routing"), ("REFERRALS", "routing-reroute")],
@@ -190,11 +191,12 @@ class Stack:
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.processes.values():
+        deadline = time.monotonic() + STOP_GRACE
+        for name, proc in self.processes.items():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                await asyncio.to_thread(proc.wait, max(0.1, deadline - time.monotonic()))
             if proc.poll() is None:
+                self.say(f"service {name} did not stop within {STOP_GRACE:.0f}s; killed")
                 proc.kill()
                 proc.wait(5)
         if self.registry_store:

@@ -27,6 +27,7 @@ def test_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert stop_alur(running) == 0
     assert running.lines[-1] == "stopped"
     assert "Traceback" not in "\n".join(running.lines)
+    assert not any("did not stop" in line for line in running.lines)
     assert not (tmp_path / "alur" / "run.json").exists()
     for host, port in [("127.0.0.1", nats_port), *_ports(running.env)]:
         assert port_is_free(host, port), f"{host}:{port} still bound after stop"
