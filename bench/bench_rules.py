@@ -159,34 +159,43 @@ def unindexed(rules: CompiledRules) -> CompiledRules:
     return CompiledRules.of(rules.rules, indexed=False)
 
 
+Row = tuple[str, str, str, float, float]
+"""(rule pack, engine, what, median µs, p99 µs)"""
+
+
+def run(cases: int = 300, rules: int = 1000, repeat: int = 5) -> tuple[str, list[Row]]:
+    """Time every engine and path; (a one-line note on the run, the rows)."""
+    kalsel = load_pack(profile_dir())
+    synthetic = synthetic_pack(rules)
+    registry, views = load_registry_file(), load_views(profile_dir())
+    sample = sample_cases(cases)
+    facts = [facts_of(c) for c in sample]
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    zen_engine = ZenEngine()
+
+    rows: list[Row] = []
+    for label, pack in ((f"kalsel ({len(kalsel.rules)})", kalsel), (f"synthetic ({len(synthetic.rules)})", synthetic)):
+        cel_rules = pack.compiled
+        zen_rules = CompiledRules.of([zen_compile(r.id, r.when) for r in pack.rules])
+        for engine, compiled, name in ((CEL, cel_rules, "cel"), (zen_engine, zen_rules, "zen")):
+            assert_same(cel_rules, compiled, facts, engine)
+            for index_label, compiled_rules in (("indexed", compiled), ("no index", unindexed(compiled))):
+                median, p99 = timed(lambda f, r=compiled_rules, e=engine: evaluate(r, f, e), facts, repeat)
+                rows.append((label, name, f"evaluate, {index_label}", median, p99))
+        median, p99 = timed(lambda c, p=pack: decide(c, p, registry, views, now=now), sample, repeat)
+        rows.append((label, "cel", "decide (production path)", median, p99))
+    indexed = sum(1 for r in synthetic.compiled if r.guard is not None)
+    return f"{cases} cases x {repeat} passes; synthetic rules indexed: {indexed}/{len(synthetic.rules)}", rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--rules", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-
-    kalsel = load_pack(profile_dir())
-    synthetic = synthetic_pack(args.rules)
-    registry, views = load_registry_file(), load_views(profile_dir())
-    cases = sample_cases(args.cases)
-    facts = [facts_of(c) for c in cases]
-    now = datetime(2026, 11, 20, tzinfo=UTC)
-    zen_engine = ZenEngine()
-
-    rows: list[tuple[str, str, str, float, float]] = []
-    for label, pack in ((f"kalsel ({len(kalsel.rules)})", kalsel), (f"synthetic ({len(synthetic.rules)})", synthetic)):
-        cel_rules = pack.compiled
-        zen_rules = CompiledRules.of([zen_compile(r.id, r.when) for r in pack.rules])
-        for engine, compiled, name in ((CEL, cel_rules, "cel"), (zen_engine, zen_rules, "zen")):
-            assert_same(cel_rules, compiled, facts, engine)
-            for index_label, rules in (("indexed", compiled), ("no index", unindexed(compiled))):
-                median, p99 = timed(lambda f, r=rules, e=engine: evaluate(r, f, e), facts, args.repeat)
-                rows.append((label, name, f"evaluate, {index_label}", median, p99))
-        median, p99 = timed(lambda c, p=pack: decide(c, p, registry, views, now=now), cases, args.repeat)
-        rows.append((label, "cel", "decide (production path)", median, p99))
-    indexed = sum(1 for r in synthetic.compiled if r.guard is not None)
-    print(f"{args.cases} cases x {args.repeat} passes; synthetic rules indexed: {indexed}/{len(synthetic.rules)}")
+    note, rows = run(args.cases, args.rules, args.repeat)
+    print(note)
     print(f"{'rule pack':<18} {'engine':<7} {'what':<26} {'median µs':>10} {'p99 µs':>10}")
     for label, name, what, median, p99 in rows:
         print(f"{label:<18} {name:<7} {what:<26} {median:>10.1f} {p99:>10.1f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,28 @@ routing publishes a case's referrals before it saves their record, so a very qui
 
 class RecordConflict(SafeError):
     """The case's referral record changed under us; the redelivery decides again."""
+
+
+_case_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+
+@contextlib.asynccontextmanager
+async def _case_lock(case_id: str) -> AsyncIterator[None]:
+    """One handler at a time per case in this process. The referral record is written with
+    compare-and-set, which stays the guard between processes; the lock only keeps the handlers of one
+    process (a batch may run concurrently, and a case's referrals all expire together) from colliding
+    and burning their deliveries on retries."""
+    lock, users = _case_locks.get(case_id, (asyncio.Lock(), 0))
+    _case_locks[case_id] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _case_locks[case_id]
+        if users <= 1:
+            del _case_locks[case_id]
+        else:
+            _case_locks[case_id] = (lock, users - 1)
 
 
 async def _kv(bucket: str) -> Any:
@@ -105,6 +128,11 @@ async def _store_decision(case: Case, decision: Decision, trigger: str) -> None:
 async def on_case(msg: NatsMessage) -> None:
     """Decide the referrals of a registered or updated case; only needs not yet referred make new ones."""
     envelope = CloudEvent[CaseEventData].model_validate_json(msg.raw_message.data)
+    async with _case_lock(envelope.data.case.case_id):
+        await _route_case(envelope)
+
+
+async def _route_case(envelope: CloudEvent[CaseEventData]) -> None:
     case = envelope.data.case
     record, revision = await _record(case.case_id)
     pack = rulebook.pack
@@ -134,10 +162,15 @@ async def on_case(msg: NatsMessage) -> None:
 async def on_declined(msg: NatsMessage) -> None:
     """Send a rejected, redirected or expired referral's service to the next agency, or the secretariat."""
     status = CloudEvent[ReferralStatusData].model_validate_json(msg.raw_message.data).data
+    async with _case_lock(status.case_id):
+        await _reroute(status, deliveries=msg.raw_message.metadata.num_delivered)
+
+
+async def _reroute(status: ReferralStatusData, *, deliveries: int) -> None:
     record, revision = await _record(status.case_id)
     previous = record["referrals"].get(status.referral_id)
     if previous is None:
-        if msg.raw_message.metadata.num_delivered < UNKNOWN_REFERRAL_RETRIES:
+        if deliveries < UNKNOWN_REFERRAL_RETRIES:
             raise NackMessage(delay=max(0.2, 2.0 * service.settings.sla_scale))
         log.warning("reroute for an unknown referral ignored", referral_id=status.referral_id, case_id=status.case_id)
         return
@@ -148,17 +181,18 @@ async def on_declined(msg: NatsMessage) -> None:
     service_key = f"{previous['agency_type']}:{previous['service']}"
     declined = set(record["declined"].get(service_key, [])) | {status.agency}
     record["declined"][service_key] = sorted(declined)
+    pack, version = rulebook.active  # one pack for the whole reroute, even if a reload lands meanwhile
     planned = reroute(
         ReferralRequestedData.model_validate({**previous, "case": {}}),
         status=status.status.value, redirect_to=status.redirect_to, declined=declined, case=case,
-        registry=service.registry_store.current, views=rulebook.views, pack=rulebook.pack,  # type: ignore[union-attr]
+        registry=service.registry_store.current, views=rulebook.views, pack=pack,  # type: ignore[union-attr]
         now=datetime.now(UTC), sla_scale=service.settings.sla_scale,
     )
     if planned is None:
         log.error("no agency left to reroute to", referral_id=status.referral_id, case_id=status.case_id)
         previous["rerouted_to"] = "none"
     else:
-        data = await _request(planned, rulebook.pack.version)
+        data = await _request(planned, version)
         record["referrals"][data.referral_id] = _summary(data)
         previous["rerouted_to"] = data.referral_id
     await _save_record(status.case_id, record, revision)
