@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from contracts.events import ReferralRequestedData
+from services.intake.cases import case_id_for
 from services.routing.decision import referral_id
+from services.routing.pack_tests import build_case
 from test_routing_fixtures import (
     ADULT_MALE,
     NOW,
@@ -93,12 +95,12 @@ def test_statutory_clocks_are_carried_separately_from_the_acknowledgement_deadli
     decision = decision_for(merged(ADULT_MALE, victim={"sex": "female"}, needs=["social_rehabilitation", "protection"],
                                    exploitation=["sexual_exploitation"], risk="low"))
     rehab = referral(decision, "social_services", "social_rehabilitation")
-    assert (rehab.sla_hours, rehab.statutory_clock) == (168, "uu21_art52_rehabilitation")
+    assert (rehab.sla_hours, rehab.statutory_clock) == (168, "rehab_request_7d")
     assert (rehab.due - NOW).total_seconds() == 24 * 3600
     lpsk = referral(decision, "witness_victim_protection", "protection")
-    assert lpsk.statutory_clock == "lpsk_protection_decision"
+    assert lpsk.statutory_clock == "lpsk_decision_7d"
     police = referral(decision, "police", "investigation")
-    assert (police.sla_hours, police.statutory_clock, police.priority) == (72, "tpks_report_to_police", "high")
+    assert (police.sla_hours, police.statutory_clock, police.priority) == (72, "tpks_report_to_police_72h", "high")
     assert (police.due - NOW).total_seconds() == 3600
     assert referral(decision, "police", "protection").sla_hours == 24
 
@@ -220,10 +222,12 @@ def test_reference_report_reaches_the_required_agency_types() -> None:
 
 
 def test_build_case_reads_an_event_or_its_data() -> None:
-    from_event, from_data = case_of(REFERENCE_EVENT), case_of(REFERENCE_DATA)
-    assert from_event.case_id == from_data.case_id
+    from_event = case_of(REFERENCE_EVENT)
+    from_data = build_case(REFERENCE_DATA, reporter="bp3mi-kalsel")
+    assert from_event.case_id == from_data.case_id == case_id_for("bp3mi-kalsel", REFERENCE_DATA["report_ref"])
     assert from_event.reporter == "bp3mi-kalsel"
     assert from_event.age_group == "child"
+    assert from_event.risk == "high" and from_event.screening is not None
 
 
 def test_to_event_data_is_a_valid_contract_event() -> None:

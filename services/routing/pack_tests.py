@@ -7,7 +7,6 @@ The report also lists the rules no test fires.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,8 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alur.registry import AgencyRegistry
-from contracts.events import Case, ReportData
-from contracts.vocab import AgencyType, IdentificationStatus, Priority, Service
+from contracts.events import Case
+from contracts.vocab import AgencyType, Priority, Service
+from services.intake.cases import new_case
+from services.intake.validation import Rejection, parse_report_data
 from services.routing.decide import decide
 from services.routing.decision import Decision
 from services.routing.rules import RulePack
@@ -35,15 +36,10 @@ class CaseDataError(ValueError):
         super().__init__("case data: " + "; ".join(problems))
 
 
-def case_id_for(report_ref: str) -> str:
-    """The case id derived from the report reference: `case-` + 20 hex of its sha256."""
-    return "case-" + hashlib.sha256(report_ref.encode()).hexdigest()[:20]
-
-
 def build_case(data: Mapping[str, Any], *, reporter: str = "unknown-reporter", at: datetime | None = None) -> Case:
-    """A `Case` from a report's `data` (or a whole report CloudEvent, whose `source` is the reporter).
-
-    `case_id` comes from `data["case_id"]` if given, else from `report_ref`; `age_group` from the age.
+    """The `Case` intake would make of a report's `data` (or of a whole report CloudEvent, whose `source`
+    is the reporter): the same validation and screening, so a test or an explanation sees what routing
+    will see. `case_id` comes from `data["case_id"]` if given, else it is derived as intake derives it.
     """
     if "specversion" in data and isinstance(data.get("data"), Mapping):
         reporter = str(data.get("source") or reporter)
@@ -51,34 +47,11 @@ def build_case(data: Mapping[str, Any], *, reporter: str = "unknown-reporter", a
         data = data["data"]
     body = dict(data)
     case_id = body.pop("case_id", None)
-    try:
-        report = ReportData.model_validate(body)
-        stamp = at or TEST_TIME
-        return Case(
-            case_id=case_id or case_id_for(report.report_ref),
-            reporter=reporter,
-            report_refs=[report.report_ref],
-            channel=report.channel,
-            regency=report.location.regency,
-            victim=report.victim,
-            age_group=report.victim.age_group,
-            location=report.location,
-            exploitation=report.exploitation,
-            indicators=report.indicators,
-            needs=report.needs,
-            risk=report.risk,
-            consent=report.consent,
-            narrative=report.narrative,
-            recruitment_modus=report.recruitment_modus,
-            injured=report.injured,
-            still_in_exploitation=report.still_in_exploitation,
-            has_case_manager=report.has_case_manager,
-            identification_status=report.identification_status or IdentificationStatus.REPORTED,
-            registered_at=stamp,
-            updated_at=stamp,
-        )
-    except ValidationError as exc:
-        raise CaseDataError([f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]) from None
+    parsed = parse_report_data(body, reporter=reporter, known_agencies={reporter})
+    if isinstance(parsed, Rejection):
+        raise CaseDataError(parsed.reasons)
+    case = new_case(parsed, at or TEST_TIME)
+    return case.model_copy(update={"case_id": case_id}) if case_id else case
 
 
 def _parse_time(value: object) -> datetime | None:
