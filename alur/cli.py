@@ -279,7 +279,7 @@ def agency_add(
 
 
 @agency_app.command("disable")
-def agency_disable(agency_id: str, nats: NatsOpt = None) -> None:
+def agency_disable(agency_id: str, nats: NatsOpt = None, as_json: JsonOpt = False) -> None:
     """Disable an agency: routing skips it and its NATS user is removed."""
 
     async def work(js: Any) -> Agency | None:
@@ -290,10 +290,14 @@ def agency_disable(agency_id: str, nats: NatsOpt = None) -> None:
             await store.put(agency)
         return agency
 
-    if _with_js(nats, work) is None:
+    agency = _with_js(nats, work)
+    if agency is None:
         err.print(f"no agency {agency_id!r}")
         raise typer.Exit(1)
-    console.print(f"agency {agency_id} disabled")
+    if as_json:
+        _print_json(agency.public())
+    else:
+        console.print(f"agency {agency_id} disabled")
 
 
 @agency_app.command("creds")

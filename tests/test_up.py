@@ -60,3 +60,23 @@ def test_unreachable_broker_is_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot reach NATS" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+async def test_up_with_the_operators_server(tmp_path: Path, nats_server: str) -> None:
+    import json
+
+    import nats
+    from nats.js.api import DeliverPolicy
+
+    from tests.conftest import REFERENCE_REPORT, next_matching
+
+    running = start_alur(tmp_path / "alur", "--nats", nats_server)
+    assert any(line.startswith(f"NATS      {nats_server}") for line in running.lines)
+    nc = await nats.connect(nats_server)
+    js = nc.jetstream()
+    cases = await js.subscribe("alur.case.>", stream="CASES", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    await js.publish("alur.report.bp3mi-kalsel", json.dumps(REFERENCE_REPORT).encode(), timeout=5)
+    registered = await next_matching(cases, lambda m: m.subject == "alur.case.registered.6371")
+    assert json.loads(registered.data)["data"]["reporter"] == "bp3mi-kalsel"
+    await nc.close()
+    assert stop_alur(running) == 0
