@@ -111,9 +111,36 @@ def agency_permissions(agency_id: str, stream: str = "REFERRALS") -> dict[str, A
     }
 
 
+SERVICE_JETSTREAM = ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "alur.dlq.>"]
+SERVICE_PUBLISHES: dict[str, list[str]] = {
+    "intake": ["alur.report.*", "alur.case.>", "$KV.cases.>", "$KV.matches.>", "$KV.report-refs.>"],
+    "routing": ["alur.referral.requested.*", "$KV.decisions.>", "$KV.case-referrals.>"],
+    "notify": ["alur.response.*", "alur.referral.>", "alur.timer.>", "$KV.referrals.>", "$KV.registry.>"],
+}
+
+
+def service_permissions(service: str) -> dict[str, Any] | None:
+    """What a service's NATS user may do: JetStream and KV plumbing, and publish only its own facts.
+
+    Intake alone states cases, routing alone requests referrals, notify alone states the rest of a
+    referral's life; `admin` (the CLI and `alur up`) is unrestricted.
+    """
+    if service not in SERVICE_PUBLISHES:
+        return None
+    return {
+        "publish": {"allow": SERVICE_JETSTREAM + SERVICE_PUBLISHES[service]},
+        "subscribe": {"allow": [f"{SERVICE_INBOX_PREFIX}.>"]},
+    }
+
+
 def authorization(store: SecretStore, registry: AgencyRegistry) -> dict[str, Any]:
     """The `authorization` block of nats-server: one NKey user per service and per agency."""
-    users: list[dict[str, Any]] = [{"nkey": public_key(store.service_seed(name))} for name in SERVICES]
+    users: list[dict[str, Any]] = []
+    for name in SERVICES:
+        user: dict[str, Any] = {"nkey": public_key(store.service_seed(name))}
+        if (permissions := service_permissions(name)) is not None:
+            user["permissions"] = permissions
+        users.append(user)
     for agency in sorted(registry.agencies.values(), key=lambda a: a.id):
         if agency.enabled:
             users.append(

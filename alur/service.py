@@ -23,6 +23,7 @@ from alur.bus import make_broker
 from alur.logs import configure, get_logger
 from alur.provision import ConsumerSpec, Topology, load_topology
 from alur.registry_store import CredentialStore, RegistryStore
+from alur.security import SERVICE_INBOX_PREFIX
 from alur.runtime import DEFAULT_URL, NoBroker, resolve
 from alur.settings import Settings
 
@@ -175,6 +176,7 @@ class Service:
             stream=JStream(spec.stream, declare=False),
             durable=durable,
             pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            inbox_prefix=f"{SERVICE_INBOX_PREFIX}.".encode(),
             **kwargs,
         )
 

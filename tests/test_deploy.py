@@ -28,9 +28,10 @@ def auth_dir(tmp_path: Path) -> Path:
 def test_nats_config_has_a_user_per_service_and_agency(auth_dir: Path) -> None:
     text = (auth_dir / "alur-auth.conf").read_text()
     block = json.loads(text.split("authorization:", 1)[1])
-    agencies = [u for u in block["users"] if "permissions" in u]
-    assert len(block["users"]) - len(agencies) == 4
-    assert any("alur.report.bp3mi-kalsel" in u["permissions"]["publish"]["allow"] for u in agencies)
+    restricted = [u for u in block["users"] if "permissions" in u]
+    assert len(block["users"]) - len(restricted) == 1, "only the admin user is unrestricted"
+    assert any(u["permissions"]["publish"]["allow"][:2] == ["alur.report.bp3mi-kalsel", "alur.response.bp3mi-kalsel"]
+               for u in restricted)
     assert (auth_dir / "alur-auth.conf").stat().st_mode & 0o077 == 0
     assert (auth_dir / "secrets" / "notify.env").read_text().startswith("ALUR_NKEY_SEED=SU")
 

@@ -88,3 +88,20 @@ async def test_agency_cannot_listen_to_facts_or_other_inboxes(secure: tuple[str,
     violations = [e for e in nc.errors if "permissions violation" in str(e).lower()]  # type: ignore[attr-defined]
     assert len(violations) == 2
     await nc.close()
+
+
+@pytest.mark.parametrize(("service", "allowed", "forbidden"), [
+    ("intake", "alur.case.registered.6371", "alur.referral.requested.polda-kalsel"),
+    ("routing", "alur.referral.requested.polda-kalsel", "alur.case.registered.6371"),
+    ("notify", "alur.referral.accepted.polda-kalsel", "alur.case.updated.6371"),
+])
+async def test_each_service_states_only_its_own_facts(
+    secure: tuple[str, SecretStore], service: str, allowed: str, forbidden: str
+) -> None:
+    url, store = secure
+    nc = await nats.connect(url, nkeys_seed_str=store.service_seed(service), inbox_prefix="_INBOX_alur")
+    js = nc.jetstream()
+    assert (await js.publish(allowed, b"{}", timeout=3)).seq > 0
+    with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+        await js.publish(forbidden, b"{}", timeout=1)
+    await nc.close()
