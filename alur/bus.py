@@ -25,7 +25,7 @@ from nats.js.api import PubAck
 from alur.logs import get_logger
 from alur.security import SERVICE_INBOX_PREFIX
 from contracts import subjects
-from contracts.envelope import CloudEvent
+from contracts.envelope import CloudEvent, derived_id
 from contracts.events import DeadLetterData
 
 PUBLISH_TIMEOUT = 5.0
@@ -80,8 +80,9 @@ async def dead_letter(
         source=f"alur/{service}",
         subject=f"{meta.stream}:{meta.sequence.stream}",
         data=data,
+        id=derived_id("deadletter", meta.stream, meta.consumer, str(meta.sequence.stream)),
     )
-    await publish(js, subjects.dlq(meta.stream), event, msg_id=f"dlq:{meta.stream}:{meta.consumer}:{meta.sequence.stream}")
+    await publish(js, subjects.dlq(meta.stream), event)
 
 
 def reliability(service: str, max_deliver: Mapping[str, int], scale: float = 1.0) -> type[BaseMiddleware]:
