@@ -7,9 +7,10 @@ names where the message lies and why, then acks — the message itself stays in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.security import NatsNKey
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.js.api import DeliverPolicy, PubAck
 
 from alur.logs import get_logger
 from alur.security import SERVICE_INBOX_PREFIX
@@ -157,3 +158,26 @@ def decode(payload: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SafeError("message body is not a JSON object")
     return value
+
+
+SCAN_IDLE = 5.0  # a scan ends at the last matching message; this only bounds a stalled server
+
+
+async def scan(js: JetStreamContext, stream: str, filter_subject: str = ">") -> AsyncIterator[Any]:
+    """Every message of `stream` matching `filter_subject`, oldest first, through an ordered consumer."""
+    info = await js.stream_info(stream, subjects_filter=filter_subject)
+    if not sum((info.state.subjects or {}).values()):
+        return
+    sub = await js.subscribe(filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=SCAN_IDLE)
+            except TimeoutError:
+                return
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

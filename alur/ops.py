@@ -10,40 +10,18 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 
+from alur.bus import scan
 from alur.provision import Topology, load_topology
 from contracts import subjects
 from contracts.vocab import TERMINAL_STATUSES, ReferralStatus
 
-SCAN_IDLE = 5.0  # a scan ends at the last matching message; this only bounds a stalled server
 OPEN_WAITING = {ReferralStatus.REQUESTED.value, ReferralStatus.DELIVERED.value}
-
-
-async def scan(js: JetStreamContext, stream: str, filter_subject: str = ">") -> AsyncIterator[Any]:
-    """Every message of `stream` matching `filter_subject`, oldest first, through an ordered consumer."""
-    info = await js.stream_info(stream, subjects_filter=filter_subject)
-    if not sum((info.state.subjects or {}).values()):
-        return
-    sub = await js.subscribe(filter_subject, stream=stream, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=SCAN_IDLE)
-            except TimeoutError:
-                return
-            yield msg
-            if msg.metadata.num_pending == 0:
-                return
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
 
 
 async def kv_values(js: JetStreamContext, bucket: str) -> dict[str, Any]:

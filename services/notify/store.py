@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, timedelta
 from typing import Any
 
-from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from pydantic import ValidationError
 
-from alur.bus import SafeError, publish
+from alur.bus import SafeError, publish, scan
 from contracts import subjects
 from contracts.envelope import CloudEvent, derived_id
 from contracts.events import EscalationData, ReferralRequestedData, ReferralStatusData
@@ -26,7 +24,6 @@ from services.notify.lifecycle import check_transition
 from services.notify.service import log, now, policy, registry, service
 from services.notify.state import ReferralEvent, ReferralState, TransitionRefused, apply, fold, new_state
 
-REBUILD_READ_TIMEOUT = 2.0
 CAS_ATTEMPTS = 5
 REROUTED = frozenset({ReferralStatus.REJECTED, ReferralStatus.REDIRECTED, ReferralStatus.EXPIRED})
 _STATUS_VERBS = frozenset(s.value for s in ReferralStatus) - {ReferralStatus.REQUESTED.value}
@@ -63,28 +60,6 @@ async def save(state: ReferralState, revision: int | None) -> None:
         raise StateConflict(f"referral {state.referral_id} changed concurrently") from None
 
 
-async def _scan_referrals(filter_subject: str) -> AsyncIterator[Any]:
-    """Every REFERRALS message matching `filter_subject`, oldest first (an ordered consumer; nothing kept)."""
-    info = await service.js.stream_info(subjects.REFERRALS_STREAM, subjects_filter=filter_subject)
-    if not info.state.subjects:
-        return
-    sub = await service.js.subscribe(
-        filter_subject, stream=subjects.REFERRALS_STREAM, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-    )
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=REBUILD_READ_TIMEOUT)
-            except TimeoutError:
-                return
-            yield msg
-            if msg.metadata.num_pending == 0:
-                return
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-
-
 def _event_data(msg: Any, referral_id: str) -> dict[str, Any] | None:
     with contextlib.suppress(ValueError, AttributeError):
         data = json.loads(msg.data).get("data")
@@ -97,7 +72,8 @@ async def rebuild(referral_id: str) -> tuple[ReferralState, int] | None:
     """The state of a referral missing from KV, folded from its REFERRALS events and stored again; None if
     REFERRALS holds no request for it. The timer is re-armed under the current policy."""
     request: ReferralRequestedData | None = None
-    async with contextlib.aclosing(_scan_referrals(f"{subjects.PREFIX}.referral.requested.*")) as msgs:
+    requested = f"{subjects.PREFIX}.referral.requested.*"
+    async with contextlib.aclosing(scan(service.js, subjects.REFERRALS_STREAM, requested)) as msgs:
         async for msg in msgs:
             data = _event_data(msg, referral_id)
             if data is not None:
@@ -106,7 +82,8 @@ async def rebuild(referral_id: str) -> tuple[ReferralState, int] | None:
     if request is None:
         return None
     events: list[ReferralEvent] = [request]
-    async with contextlib.aclosing(_scan_referrals(f"{subjects.PREFIX}.referral.*.{request.agency}")) as msgs:
+    of_agency = f"{subjects.PREFIX}.referral.*.{request.agency}"
+    async with contextlib.aclosing(scan(service.js, subjects.REFERRALS_STREAM, of_agency)) as msgs:
         async for msg in msgs:
             data = _event_data(msg, referral_id)
             verb = subjects.parse(msg.subject).verb
