@@ -32,7 +32,7 @@ app.add_typer(rules_app, name="rules")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(report_app, name="report")
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (else ALUR_NATS_URL, else a running `alur up`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for tools.")]
@@ -202,14 +202,16 @@ def trace(case_id: str, nats: NatsOpt = None, as_json: JsonOpt = False) -> None:
     if not result["events"]:
         err.print(f"no events for {case_id}")
         raise typer.Exit(1)
-    t = Table(title=f"Timeline of {case_id}")
-    for col in ("time", "event", "referral / agency", "detail"):
-        t.add_column(col)
+    t = Table(title=f"Timeline of {case_id}", box=None, pad_edge=False)
+    for col in ("time", "event", "referral", "agency", "service", "detail"):
+        t.add_column(col, overflow="fold")
     for e in result["events"]:
-        who = " ".join(x for x in (e.get("referral_id"), e.get("agency")) if x)
-        detail = ", ".join(f"{k}={v}" for k, v in e.items()
-                           if k in ("service", "priority", "status", "reason", "level", "rules", "changed"))
-        t.add_row(str(e["time"]), e["subject"], who, detail)
+        kind, _, verb = e["subject"].split(".")[1:4] if e["subject"].count(".") >= 3 else ("", "", e["subject"])
+        what = f"{kind} {e['subject'].split('.')[2]}" if kind else e["subject"]
+        detail = "; ".join(f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in e.items()
+                           if k in ("priority", "reason", "level", "action", "changed", "replaces", "rules"))
+        t.add_row(str(e["time"])[11:19], what, (e.get("referral_id") or "")[-8:], e.get("agency") or "",
+                  e.get("service") or "", detail)
     console.print(t)
     if result["decision"]:
         d = result["decision"]
