@@ -6,9 +6,9 @@ with zen-engine; production uses `CEL` (see the benchmark for why).
 
 from __future__ import annotations
 
-import re
 import operator
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,10 +69,28 @@ class RuleTrace(BaseModel):
 TRACE_CACHE_SIZE = 512
 
 
+Known = dict[object, object]
+"""A case's facts as trace-cache keys see them: each fact name → its value (lists as tuples), and
+each tested code as an atom (`("needs", "medical")`) → whether the case has it. Flat, so a rule's
+cache key is one `itemgetter` call, made of strings, small ints and booleans that hash and compare
+fast (no set is built per rule and case)."""
+
+
+def known_facts(facts: Facts, tested: Iterable[Atom], present: set[Atom]) -> Known:
+    """`Known` for a case: its facts, hashable, plus the presence of every code in `tested`."""
+    known: Known = {name: tuple(value) if isinstance(value, list) else value for name, value in facts.items()}
+    known.update((atom, atom in present) for atom in tested)
+    return known
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A rule's condition ready to run: its index guard, the codes it tests in each list fact, and a
-    cache of its (immutable, shared) traces keyed by the facts it read."""
+    cache of its (immutable, shared) traces keyed by the verdict and the facts it read.
+
+    `reads` picks, from a case's `Known` facts, what the trace depends on besides the verdict: the
+    scalar facts the rule reads and, per tested code, whether the case has it (None: nothing).
+    """
 
     rule_id: str
     expression: str
@@ -82,14 +100,11 @@ class CompiledRule:
     skipped: RuleTrace | None
     members: dict[str, frozenset[str]]
     traces: dict[tuple[object, ...], RuleTrace] = field(default_factory=dict, compare=False, repr=False)
-    scalars: Callable[[Facts], object] | None = field(default=None, compare=False, repr=False)
+    reads: Callable[[Known], object] | None = field(default=None, compare=False, repr=False)
 
-    def trace_key(self, fired: bool, hashable: Facts, held: dict[str, frozenset[str]]) -> tuple[object, ...]:
+    def trace_key(self, fired: bool, known: Known) -> tuple[object, ...]:
         """What the trace depends on: the verdict, the scalar facts read, the tested codes present."""
-        scalars = self.scalars(hashable) if self.scalars else None
-        if not self.members:
-            return (fired, scalars)
-        return (fired, scalars, *[codes & held[name] for name, codes in self.members.items()])
+        return (fired, self.reads(known) if self.reads else None)
 
 
 def _tested_members(expression: str, variables: set[str]) -> dict[str, frozenset[str]]:
@@ -123,9 +138,10 @@ def compile_condition(rule_id: str, expression: str, engine: ConditionEngine = C
     guard = guard_of(expression)
     skipped = RuleTrace(rule_id=rule_id, fired=False, why=f"condition false: {describe_guard(guard)}") if guard else None
     members = _tested_members(expression, variables)
-    scalar_names = sorted(variables - set(members))
-    scalars = operator.itemgetter(*scalar_names) if scalar_names else None
-    return CompiledRule(rule_id, expression, condition, tuple(sorted(variables)), guard, skipped, members, {}, scalars), []
+    read: list[object] = sorted(variables - set(members))
+    read += [(name, code) for name, codes in sorted(members.items()) for code in sorted(codes)]
+    reads = operator.itemgetter(*read) if read else None
+    return CompiledRule(rule_id, expression, condition, tuple(sorted(variables)), guard, skipped, members, {}, reads), []
 
 
 def _show(value: object) -> str:
@@ -169,13 +185,16 @@ class CompiledRules:
     by_atom: dict[Atom, tuple[int, ...]]
     unguarded: tuple[int, ...]
     defaults: tuple[RuleTrace | None, ...]
+    tested: tuple[Atom, ...]
+    """Every `(list fact, code)` some rule tests: the atoms `known_facts` must answer."""
 
     @classmethod
     def of(cls, rules: Sequence[CompiledRule], *, indexed: bool = True) -> CompiledRules:
         """Index `rules`; `indexed=False` evaluates every rule for every case (benchmarks, tests)."""
         by_atom, unguarded = invert([r.guard if indexed else None for r in rules])
         defaults = tuple(r.skipped if indexed else None for r in rules)
-        return cls(tuple(rules), by_atom, unguarded, defaults)
+        tested = sorted({(name, code) for r in rules for name, codes in r.members.items() for code in codes})
+        return cls(tuple(rules), by_atom, unguarded, defaults, tuple(tested))
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -196,13 +215,14 @@ def evaluate(compiled: CompiledRules, facts: Facts, engine: ConditionEngine = CE
     """Run the pack on a case's facts. Only the rules the index names for those facts run; the
     others carry their precomputed "condition false" trace."""
     bound = engine.bind(facts)
+    present = atoms_of(facts)
     held = {name: frozenset(facts.get(name) or ()) for name in LIST_FACTS}
-    hashable = {name: tuple(value) if isinstance(value, list) else value for name, value in facts.items()}
+    known = known_facts(facts, compiled.tested, present)
     traces = list(compiled.defaults)
     fired_at: list[int] = []
     rules = compiled.rules
     run = engine.run
-    for position in candidates(compiled.by_atom, compiled.unguarded, atoms_of(facts)):
+    for position in candidates(compiled.by_atom, compiled.unguarded, present):
         rule = rules[position]
         try:
             fired = run(rule.condition, bound) is True
@@ -214,7 +234,7 @@ def evaluate(compiled: CompiledRules, facts: Facts, engine: ConditionEngine = CE
             continue
         if fired:
             fired_at.append(position)
-        key = rule.trace_key(fired, hashable, held)
+        key = rule.trace_key(fired, known)
         trace = rule.traces.get(key)
         if trace is None:
             if len(rule.traces) >= TRACE_CACHE_SIZE:

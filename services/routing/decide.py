@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from alur.registry import AgencyRegistry
-from contracts.events import Case
-from contracts.vocab import AgencyType, Priority, Service
+from contracts.events import Case, RuleReason
+from contracts.vocab import AgencyType, Priority, Risk, Service
 from services.routing.conditions import evaluate
 from services.routing.decision import (
     AlreadyReferred,
@@ -30,9 +32,9 @@ from services.routing.decision import (
 )
 from services.routing.facts import Facts, consent_code, facts_of
 from services.routing.reroute import reroute
-from services.routing.resolution import resolve_agency
-from services.routing.rules import ReferralTarget, Rule, RulePack
-from services.routing.views import ViewCatalog
+from services.routing.resolution import Resolver
+from services.routing.rules import RISK_PRIORITY, Contribution, RulePack
+from services.routing.views import CaseViews, ViewCatalog
 
 __all__ = [
     "AlreadyReferred",
@@ -45,7 +47,7 @@ __all__ = [
     "reroute",
 ]
 
-Contribution = tuple[Rule, ReferralTarget]
+GroupKey = tuple[AgencyType, Service]
 URGENCY: dict[Priority, int] = {p: p.rank for p in Priority}
 
 
@@ -59,20 +61,52 @@ def input_hash(case_id: str, facts: Facts, pack: RulePack) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _view(
-    projected: dict[AgencyType, dict[str, object]], views: ViewCatalog, dumped: dict[str, object], agency_type: AgencyType
-) -> dict[str, object]:
-    if agency_type not in projected:
-        projected[agency_type] = views.project(dumped, agency_type)
-    return dict(projected[agency_type])
+@dataclass(frozen=True, slots=True)
+class _Terms:
+    """What the contributions behind one referral set for it (see `_terms`)."""
+
+    priority: Priority
+    clock: Contribution | None
+    fallback: AgencyType | None
+    reasons: list[RuleReason]
 
 
-def _group(rules: list[Rule], fired: list[int]) -> dict[tuple[AgencyType, Service], list[Contribution]]:
-    groups: dict[tuple[AgencyType, Service], list[Contribution]] = {}
+def _terms(basis: list[Contribution], risk: Risk, override: bool) -> _Terms:
+    """In one pass over the basis, in pack order: the most urgent priority, the first of the shortest
+    clocks, the first fallback type declared, and each rule's reason once (its override reason when
+    consent is overridden, which leaves only mandatory rules in the basis)."""
+    from_risk = RISK_PRIORITY[risk]
+    priority: Priority | None = None
+    clock: Contribution | None = None
+    shortest = math.inf
+    fallback: AgencyType | None = None
+    reasons: dict[str, RuleReason] = {}
+    for contribution in basis:
+        candidate = from_risk if contribution.priority is None else contribution.priority
+        if priority is None or URGENCY[candidate] > URGENCY[priority]:
+            priority = candidate
+        if contribution.sla_hours is not None and contribution.sla_hours < shortest:
+            clock, shortest = contribution, contribution.sla_hours
+        if fallback is None:
+            fallback = contribution.fallback
+        if contribution.rule_id not in reasons:
+            reason = contribution.override_reason if override else contribution.reason
+            assert reason is not None, "only mandatory rules override consent"
+            reasons[contribution.rule_id] = reason
+    assert priority is not None, "a basis is never empty"
+    return _Terms(priority, clock, fallback, list(reasons.values()))
+
+
+def _rule_ids(group: list[Contribution]) -> list[str]:
+    return list(dict.fromkeys(c.rule_id for c in group))
+
+
+def _group(contributions: Sequence[tuple[Contribution, ...]], fired: list[int]) -> dict[GroupKey, list[Contribution]]:
+    """The fired rules' contributions by (agency type, service), each group in pack order."""
+    groups: dict[GroupKey, list[Contribution]] = {}
     for position in fired:
-        rule = rules[position]
-        for target in rule.refer:
-            groups.setdefault((target.agency_type, target.service), []).append((rule, target))
+        for contribution in contributions[position]:
+            groups.setdefault(contribution.key, []).append(contribution)
     return groups
 
 
@@ -91,32 +125,31 @@ def decide(
     `existing` holds the referral ids already issued for the case: those are reported in
     `already_referred` instead of `referrals`, so a follow-up yields only the new ones.
     Referrals of one decision to the same agency type share their view's nested values (read-only).
+    Within the decision, each agency resolution and each receiving type's view is computed once.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     facts = facts_of(case)
     evaluation = evaluate(pack.compiled, facts)
-    rule_reasons = pack.reasons
 
     referrals: list[PlannedReferral] = []
     withheld: list[WithheldReferral] = []
     unroutable: list[WithheldReferral] = []
     already: list[AlreadyReferred] = []
-    dumped = case.model_dump(mode="json")
-    projected: dict[AgencyType, dict[str, object]] = {}
     consent = case.consent
+    resolver = Resolver(registry, case.regency)
+    case_views = CaseViews(views, case)
 
-    for (agency_type, service), group in _group(pack.rules, evaluation.fired).items():
-        rule_ids = list(dict.fromkeys(rule.id for rule, _ in group))
+    for (agency_type, service), group in _group(pack.contributions, evaluation.fired).items():
         override = not consent.covers(agency_type)
-        basis = [c for c in group if c[0].mandatory] if override else group
+        basis = [c for c in group if c.mandatory] if override else group
         if not basis:
             withheld.append(
                 WithheldReferral(
                     agency_type=agency_type,
                     service=service,
                     reason=f"consent does not cover {agency_type.value} (share_with: {consent_code(case)})",
-                    rule_ids=rule_ids,
+                    rule_ids=_rule_ids(group),
                 )
             )
             continue
@@ -124,23 +157,19 @@ def decide(
         if rid in existing:
             already.append(AlreadyReferred(referral_id=rid, agency_type=agency_type, service=service))
             continue
-        priority = max((target.priority_for(case.risk) for _, target in basis), key=URGENCY.__getitem__)
-        clocks = [target for _, target in basis if target.sla_hours is not None]
-        clock = min(clocks, key=lambda t: t.sla_hours or 0.0) if clocks else None
-        fallback = next((t.fallback_agency_type for _, t in basis if t.fallback_agency_type), None)
-        resolution = resolve_agency(
-            registry,
-            agency_type,
-            case.regency,
-            fallback=fallback,
-            allowed=lambda t: override or consent.covers(t),
-        )
+        terms = _terms(basis, case.risk, override)
+        fallback = terms.fallback  # used only if consent covers it, or the referral overrides consent anyway
+        if fallback is not None and not (override or consent.covers(fallback)):
+            fallback = None
+        resolution = resolver.resolve(agency_type, fallback)
         if resolution.agency is None:
             unroutable.append(
-                WithheldReferral(agency_type=agency_type, service=service, reason=resolution.text, rule_ids=rule_ids)
+                WithheldReferral(
+                    agency_type=agency_type, service=service, reason=resolution.text, rule_ids=_rule_ids(group)
+                )
             )
             continue
-        reasons = {rule.id: rule_reasons[(rule.id, override)] for rule, _ in basis}
+        clock = terms.clock
         referrals.append(
             PlannedReferral(
                 referral_id=rid,
@@ -149,10 +178,10 @@ def decide(
                 agency_type=agency_type,
                 receiving_type=resolution.agency.type,
                 service=service,
-                priority=priority,
-                due=pack.acknowledgement_due(priority, now, sla_scale),
-                reasons=list(reasons.values()),
-                case=_view(projected, views, dumped, resolution.agency.type),
+                priority=terms.priority,
+                due=pack.acknowledgement_due(terms.priority, now, sla_scale),
+                reasons=terms.reasons,
+                case=case_views.of(resolution.agency.type),
                 regency=case.regency,
                 resolution=resolution.text,
                 sla_hours=clock.sla_hours if clock else None,

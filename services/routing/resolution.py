@@ -47,3 +47,25 @@ def resolve_agency(
     if secretariat is not None:
         return Resolution(secretariat, f"no agency of type {agency_type.value}: sent to the task-force secretariat")
     return Resolution(None, f"no agency of type {agency_type.value} and no task-force secretariat left")
+
+
+class Resolver:
+    """`resolve_agency` for one case's regency, remembering each answer for the life of one decision.
+
+    The cache is keyed by (agency type, fallback): the caller passes the fallback only when consent
+    allows it, so the answer depends on nothing else while the registry and regency stay fixed. Make a
+    new `Resolver` per decision, so a registry update is seen by the next one.
+    """
+
+    def __init__(self, registry: AgencyRegistry, regency: Regency | str | None) -> None:
+        self._registry = registry
+        self._regency = regency
+        self._answers: dict[tuple[AgencyType, AgencyType | None], Resolution] = {}
+
+    def resolve(self, agency_type: AgencyType, fallback: AgencyType | None) -> Resolution:
+        """`resolve_agency(registry, agency_type, regency, fallback=fallback)`, computed once per key."""
+        key = (agency_type, fallback)
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = resolve_agency(self._registry, agency_type, self._regency, fallback=fallback)
+        return answer

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,6 +98,24 @@ class Rule(Strict):
         return self
 
 
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """One target of one rule, flattened at load for `decide`: the referral it adds to (`key`), the terms
+    it sets there, and the rule's reason (`override_reason` states the law that overrides consent; only
+    mandatory rules have one)."""
+
+    key: tuple[AgencyType, Service]
+    rule_id: str
+    mandatory: bool
+    priority: Priority | None
+    """The fixed priority, or None for the case's risk (`ReferralTarget.priority_for`)."""
+    sla_hours: float | None
+    statutory_clock: str | None
+    fallback: AgencyType | None
+    reason: RuleReason
+    override_reason: RuleReason | None
+
+
 class _PackHead(Strict):
     version: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
     description: str = ""
@@ -124,6 +143,7 @@ class RulePack(Strict):
     _compiled: CompiledRules = PrivateAttr(default_factory=lambda: CompiledRules.of(()))
     _by_id: dict[str, Rule] = PrivateAttr(default_factory=dict)
     _reasons: dict[tuple[str, bool], RuleReason] = PrivateAttr(default_factory=dict)
+    _contributions: tuple[tuple[Contribution, ...], ...] = PrivateAttr(default=())
 
     @property
     def compiled(self) -> CompiledRules:
@@ -138,6 +158,11 @@ class RulePack(Strict):
         """(rule id, override) → the rule as the reason of a referral (shared; do not mutate). An
         override reason states the law that overrides consent; only mandatory rules have one."""
         return self._reasons
+
+    @property
+    def contributions(self) -> tuple[tuple[Contribution, ...], ...]:
+        """Per rule, in pack order (the positions of `compiled`), its targets as `Contribution`s."""
+        return self._contributions
 
     def acknowledgement_due(self, priority: Priority, now: datetime, sla_scale: float = 1.0) -> datetime:
         """When the agency must acknowledge: now + the pack's hours for the priority, times the SLA scale."""
@@ -174,6 +199,20 @@ def _problems_of(error: ValidationError, prefix: str) -> list[str]:
 def _reason(rule: Rule, override: bool) -> RuleReason:
     basis = f"{rule.legal_basis}; consent overridden: {rule.mandatory_basis}" if override else rule.legal_basis
     return RuleReason(rule_id=rule.id, description=rule.description, legal_basis=basis, override=override)
+
+
+def _contribution(rule: Rule, target: ReferralTarget, reasons: Mapping[tuple[str, bool], RuleReason]) -> Contribution:
+    return Contribution(
+        key=(target.agency_type, target.service),
+        rule_id=rule.id,
+        mandatory=rule.mandatory,
+        priority=None if target.priority == "from_risk" else _FIXED_PRIORITY[target.priority],
+        sla_hours=target.sla_hours,
+        statutory_clock=target.statutory_clock,
+        fallback=target.fallback_agency_type,
+        reason=reasons[(rule.id, False)],
+        override_reason=reasons.get((rule.id, True)),
+    )
 
 
 def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine = CEL) -> RulePack:
@@ -224,6 +263,7 @@ def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine 
     pack._compiled = CompiledRules.of(compiled)
     pack._by_id = {r.id: r for r in rules}
     pack._reasons = {(r.id, override): _reason(r, override) for r in rules for override in {False, r.mandatory}}
+    pack._contributions = tuple(tuple(_contribution(r, t, pack._reasons) for t in r.refer) for r in rules)
     return pack
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from contracts.events import Case
 from contracts.vocab import AgencyType, Need
@@ -52,6 +53,20 @@ class View(BaseModel):
     needs_only: list[Need] | None = None
 
 
+def _parents_and_leaf(path: str) -> tuple[tuple[str, ...], str]:
+    *parents, leaf = path.split(".")
+    return tuple(parents), leaf
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How `project` builds one agency type's view: the paths split once (parents, leaf), the needs it
+    may show."""
+
+    paths: tuple[tuple[tuple[str, ...], str], ...]
+    needs_only: frozenset[str] | None
+
+
 class ViewCatalog(BaseModel):
     """Every agency type's view, plus the paths every view carries."""
 
@@ -59,6 +74,22 @@ class ViewCatalog(BaseModel):
 
     always: list[str]
     views: dict[AgencyType, View]
+    _plans: dict[AgencyType, _Plan] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Derive each view's `_Plan` once, as the catalogue is frozen."""
+        self._plans = {
+            agency_type: _Plan(
+                paths=tuple(_parents_and_leaf(path) for path in self.paths_for(agency_type)),
+                needs_only=None if view.needs_only is None else frozenset(n.value for n in view.needs_only),
+            )
+            for agency_type, view in self.views.items()
+        }
+
+    @property
+    def plans(self) -> Mapping[AgencyType, _Plan]:
+        """Per agency type, how `project` builds its view (read once per decision by `CaseViews`)."""
+        return self._plans
 
     def paths_for(self, agency_type: AgencyType) -> list[str]:
         """The paths an agency type sees, `always` first, without repeats."""
@@ -73,14 +104,31 @@ class ViewCatalog(BaseModel):
 
         The view shares nested values with `dumped`: treat both as read-only, or `clone` the view.
         """
-        view: dict[str, Any] = {}
-        for path in self.paths_for(agency_type):
-            _copy_path(dumped, view, path.split("."))
-        needs_only = self.views[agency_type].needs_only
-        if needs_only is not None and isinstance(view.get("needs"), list):
-            allowed = {n.value for n in needs_only}
-            view["needs"] = [n for n in view["needs"] if n in allowed]
-        return view
+        return _project(dumped, self._plans[agency_type])
+
+
+class CaseViews:
+    """One case's views for one decision: the case is dumped on first use and each agency type's view
+    projected once, however many referrals go to that type.
+
+    Each `of` is a fresh top-level dict; nested values are shared with the other referrals of the
+    decision (read-only, as `ViewCatalog.project` says).
+    """
+
+    def __init__(self, catalog: ViewCatalog, case: Case) -> None:
+        self._plans = catalog.plans
+        self._case = case
+        self._dumped: dict[str, Any] | None = None
+        self._projected: dict[AgencyType, dict[str, Any]] = {}
+
+    def of(self, agency_type: AgencyType) -> dict[str, Any]:
+        """The case as `agency_type` may see it."""
+        view = self._projected.get(agency_type)
+        if view is None:
+            if self._dumped is None:
+                self._dumped = self._case.model_dump(mode="json")
+            view = self._projected[agency_type] = _project(self._dumped, self._plans[agency_type])
+        return dict(view)
 
 
 def clone(value: Any) -> Any:
@@ -92,17 +140,32 @@ def clone(value: Any) -> Any:
     return value
 
 
-def _copy_path(source: Mapping[str, Any], target: dict[str, Any], parts: list[str]) -> None:
-    head, rest = parts[0], parts[1:]
-    if head not in source:
-        return
-    value = source[head]
-    if not rest:
-        target[head] = value
-    elif isinstance(value, Mapping):
-        _copy_path(value, target.setdefault(head, {}), rest)
-    elif value is None:
-        target.setdefault(head, None)
+def _project(dumped: Mapping[str, Any], plan: _Plan) -> dict[str, Any]:
+    view: dict[str, Any] = {}
+    for parents, leaf in plan.paths:
+        if parents:
+            _copy_path(dumped, view, parents, leaf)
+        elif leaf in dumped:  # a top-level path, most of them: `_copy_path` without the call
+            view[leaf] = dumped[leaf]
+    if plan.needs_only is not None and isinstance(view.get("needs"), list):
+        view["needs"] = [n for n in view["needs"] if n in plan.needs_only]
+    return view
+
+
+def _copy_path(source: Mapping[str, Any], target: dict[str, Any], parents: tuple[str, ...], leaf: str) -> None:
+    """Copy `parents.leaf` from `source` into `target`, creating the parent dicts; a missing part copies
+    nothing, a null parent is copied as null."""
+    for part in parents:
+        if part not in source:
+            return
+        value = source[part]
+        if not isinstance(value, Mapping):
+            if value is None:
+                target.setdefault(part, None)
+            return
+        source, target = value, target.setdefault(part, {})
+    if leaf in source:
+        target[leaf] = source[leaf]
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
