@@ -384,6 +384,12 @@ def report_regions(
 
 
 def main() -> None:
+    """Entry point of the `alur` command: the environment is checked once, with a clear message."""
+    try:
+        Settings.from_env()
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
     app()
 
 

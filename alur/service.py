@@ -164,20 +164,19 @@ class Service:
     def consumer(self, durable: str) -> ConsumerSpec:
         return next(c for c in self.topology.consumers if c.durable == durable)
 
-    def subscriber(self, durable: str, batch_size: int = 10, max_workers: int = 1) -> Any:
-        """Subscribe to a provisioned durable consumer (never declaring streams or consumers)."""
+    def subscriber(self, durable: str, batch_size: int = 10) -> Any:
+        """Pull from a provisioned durable consumer, never declaring streams or consumers (traps 3, 4).
+
+        FastStream wants one subject; the consumer's own filters, set by provisioning, decide what
+        arrives. A batch is handled concurrently; `batch_size=1` keeps a consumer's order.
+        """
         spec = self.consumer(durable)
-        subject = spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else spec.filter_subjects[0]
-        kwargs: dict[str, Any] = {}
-        if max_workers > 1:
-            kwargs["max_workers"] = max_workers
         return self.broker.subscriber(
-            subject,
+            spec.filter_subjects[0],
             stream=JStream(spec.stream, declare=False),
             durable=durable,
             pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
             inbox_prefix=f"{SERVICE_INBOX_PREFIX}.".encode(),
-            **kwargs,
         )
 
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def _hostport(value: str, default_port: int) -> tuple[str, int]:
+    """`host:port` (or `[::1]:port`) from an ALUR_*_HTTP variable; empty means 127.0.0.1 and the default port."""
     host, _, port = value.rpartition(":")
     if not host:
         return value or "127.0.0.1", default_port
@@ -32,16 +33,19 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ) if env is None else env
         data_dir = Path(env.get("ALUR_DATA_DIR") or ".alur")
-        scale = float(env.get("ALUR_SLA_SCALE") or 1.0)
+        try:
+            scale = float(env.get("ALUR_SLA_SCALE") or 1.0)
+        except ValueError:
+            scale = -1.0
         if not 0 < scale <= 1000:
             raise ValueError("ALUR_SLA_SCALE must be a positive factor (e.g. 1, or 0.001 for drills)")
         return cls(
             nats_url=env.get("ALUR_NATS_URL") or None,
             data_dir=data_dir,
             sla_scale=scale,
-            intake_http=_hostport(env.get("ALUR_INTAKE_HTTP", ""), 8081) if env.get("ALUR_INTAKE_HTTP") else cls.intake_http,
-            routing_http=_hostport(env.get("ALUR_ROUTING_HTTP", ""), 8082) if env.get("ALUR_ROUTING_HTTP") else cls.routing_http,
-            notify_http=_hostport(env.get("ALUR_NOTIFY_HTTP", ""), 8083) if env.get("ALUR_NOTIFY_HTTP") else cls.notify_http,
+            intake_http=_hostport(env.get("ALUR_INTAKE_HTTP", ""), 8081),
+            routing_http=_hostport(env.get("ALUR_ROUTING_HTTP", ""), 8082),
+            notify_http=_hostport(env.get("ALUR_NOTIFY_HTTP", ""), 8083),
             nkey_seed=env.get("ALUR_NKEY_SEED") or None,
             match_key=(env.get("ALUR_MATCH_KEY") or "").encode(),
             log_level=(env.get("ALUR_LOG_LEVEL") or "INFO").upper(),
