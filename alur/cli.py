@@ -189,6 +189,8 @@ def status(nats: NatsOpt = None, as_json: JsonOpt = False) -> None:
         for r in result["overdue"]:
             t.add_row(r["referral_id"], r["case_id"], r["agency"], r["service"], r["status"], r["due"])
         console.print(t)
+    for group in result["possible_duplicates"]:
+        console.print(f"[yellow]possible duplicate victim, review:[/] {' ~ '.join(group)}")
     console.print(f"dead letters: {result['dead_letters']}")
 
 

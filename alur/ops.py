@@ -78,7 +78,15 @@ async def status(js: JetStreamContext, topology: Topology | None = None) -> dict
         "referrals_by_agency": {k: dict(v) for k, v in sorted(by_agency.items())},
         "overdue": sorted(overdue, key=lambda r: r["due"]),
         "dead_letters": streams.get("DLQ", {}).get("messages", 0),
+        "possible_duplicates": await possible_duplicates(js),
     }
+
+
+async def possible_duplicates(js: JetStreamContext) -> list[list[str]]:
+    """Groups of cases whose victims share an identity hash (NIK, or pseudonym + age + regency), for the
+    coordinator to review; read from intake's `matches` bucket, so no identity is ever read here."""
+    groups = {tuple(sorted(ids)) for ids in (await kv_values(js, "matches")).values() if len(ids) > 1}
+    return [list(group) for group in sorted(groups)]
 
 
 def _summary(data: dict[str, Any]) -> dict[str, Any]:

@@ -449,6 +449,9 @@ async def test_same_nik_from_two_agencies_is_linked_not_merged(running: Running,
     logs = running.logs()
     assert "possible duplicate victim flagged" in logs and second_id in logs
     assert not any(h in logs for h in hashes), "a keyed identity hash reached a log"
+    status = json.loads(running.cli("status", "--json").stdout)
+    assert sorted([first_id, second_id]) in status["possible_duplicates"], "the coordinator sees both cases"
+    assert f"{min(first_id, second_id)} ~ {max(first_id, second_id)}" in running.cli("status").stdout
     for client in (bp3mi, polda):
         await client.close()
 
