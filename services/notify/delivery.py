@@ -135,7 +135,12 @@ async def on_delivery(msg: NatsMessage) -> None:
     assert _http is not None
     result = await deliver(_http, agency, event["id"], raw.data, now(), attempt=attempt, breaker=breaker)
     if result.attempt.outcome == "circuit_open":
-        # Not an attempt: nothing was sent. Wait for the breaker's probe slot without using up retries.
+        # Not an attempt: nothing was sent. Wait for the breaker's probe slot without using up retries,
+        # but never past the consumer's last redelivery, where JetStream would drop it without a word.
+        if raw.metadata.num_delivered >= service.consumer("notify-deliveries").max_deliver - 1:
+            await _raise_to_coordinator(referral_id, data.get("case_id", ""), agency.id,
+                                        "webhook delivery held by an open circuit for too long: given up", "held")
+            return
         log.info("webhook delivery held: circuit open", referral_id=referral_id, agency=agency.id,
                  delay=round(result.retry_after or 0.0, 3))
         raise NackMessage(delay=max(0.05, result.retry_after or breaker.retry_in()))
