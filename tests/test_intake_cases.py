@@ -20,34 +20,16 @@ from services.intake.matching import link, match_key_from_env, match_keys
 from services.intake.regions import RegionCounts, count, report
 from services.intake.screening import screen
 from services.intake.validation import ParsedReport, Rejection, parse_report
+from tests.conftest import REFERENCE_REPORT
 
 REPORTER = "bp3mi-kalsel"
 AGENCIES = frozenset({"bp3mi-kalsel", "polda-kalsel", "dinkes-kalsel"})
-NIK = "6371015507100003"
+NIK = REFERENCE_REPORT["data"]["victim"]["identity"]["nik"]
 KEY = b"test-match-key-0123456789abcdef"
 NOW = datetime(2026, 11, 20, 0, 20, tzinfo=UTC)
 LATER = NOW + timedelta(hours=3)
 
-REFERENCE_DATA: dict[str, Any] = {
-    "report_ref": "BP3MI-KS-2026-0412",
-    "channel": "bp3mi",
-    "victim": {
-        "pseudonym": "KS-0412",
-        "age": 16,
-        "sex": "female",
-        "nationality": "wni",
-        "migration_profile": "pmi_non_procedural",
-        "disabilities": [],
-        "identity": {"name": "Siti A.", "nik": NIK, "phone": "+62811000111"},
-    },
-    "location": {"regency": "6371", "exploitation_location": "abroad", "country": "MY"},
-    "exploitation": ["forced_labour", "domestic_servitude"],
-    "indicators": ["FL02", "FL07", "FL08"],
-    "needs": ["medical", "psychological", "shelter", "repatriation", "legal_aid"],
-    "risk": "high",
-    "consent": {"share_with": "all", "recorded_by": "bp3mi-kalsel/officer-17"},
-    "narrative": "Recruited via social media for a restaurant job; passport held by the employer.",
-}
+REFERENCE_DATA: dict[str, Any] = copy.deepcopy(REFERENCE_REPORT["data"])
 
 
 def event(data: dict[str, Any], event_id: str = "7d1f6a1e-2f0b-4c59-9a53-0b8d4c2c1e01") -> bytes:

@@ -21,43 +21,17 @@ from services.intake.validation import (
     parse_report_data,
     rejected_event,
 )
+from tests.conftest import REFERENCE_REPORT
 
 REPORTER = "bp3mi-kalsel"
 AGENCIES = frozenset({"bp3mi-kalsel", "polda-kalsel", "uptd-ppa-kalsel"})
-NAME = "Siti A."
-NIK = "6371015507100003"
-PHONE = "+62811000111"
-NARRATIVE = "Recruited via social media for a restaurant job; passport held by the employer."
+NAME = REFERENCE_REPORT["data"]["victim"]["identity"]["name"]
+NIK = REFERENCE_REPORT["data"]["victim"]["identity"]["nik"]
+PHONE = REFERENCE_REPORT["data"]["victim"]["identity"]["phone"]
+NARRATIVE = REFERENCE_REPORT["data"]["narrative"]
 SECRETS = (NAME, "Siti", NIK, PHONE, PHONE.lstrip("+"), "restaurant job", "passport held")
 
-REFERENCE: dict[str, Any] = {
-    "specversion": "1.0",
-    "id": "7d1f6a1e-2f0b-4c59-9a53-0b8d4c2c1e01",
-    "source": "bp3mi-kalsel",
-    "type": "alur.report.submitted.v1",
-    "time": "2026-11-20T08:15:00+08:00",
-    "datacontenttype": "application/json",
-    "data": {
-        "report_ref": "BP3MI-KS-2026-0412",
-        "channel": "bp3mi",
-        "victim": {
-            "pseudonym": "KS-0412",
-            "age": 16,
-            "sex": "female",
-            "nationality": "wni",
-            "migration_profile": "pmi_non_procedural",
-            "disabilities": [],
-            "identity": {"name": NAME, "nik": NIK, "phone": PHONE},
-        },
-        "location": {"regency": "6371", "exploitation_location": "abroad", "country": "MY"},
-        "exploitation": ["forced_labour", "domestic_servitude"],
-        "indicators": ["FL02", "FL07", "FL08"],
-        "needs": ["medical", "psychological", "shelter", "repatriation", "legal_aid"],
-        "risk": "high",
-        "consent": {"share_with": "all", "recorded_by": "bp3mi-kalsel/officer-17"},
-        "narrative": NARRATIVE,
-    },
-}
+REFERENCE: dict[str, Any] = copy.deepcopy(REFERENCE_REPORT)
 CASE_ID = "case-0123456789abcdef0123"
 
 

@@ -16,39 +16,12 @@ from services.routing.decision import Decision, PlannedReferral
 from services.routing.pack_tests import build_case
 from services.routing.rules import RulePack, load_pack
 from services.routing.views import ViewCatalog, load_views
+from tests.conftest import REFERENCE_REPORT
 
 NOW = datetime(2026, 11, 20, 0, 15, tzinfo=UTC)
 
-REFERENCE_DATA: dict[str, Any] = {
-    "report_ref": "BP3MI-KS-2026-0412",
-    "channel": "bp3mi",
-    "victim": {
-        "pseudonym": "KS-0412",
-        "age": 16,
-        "sex": "female",
-        "nationality": "wni",
-        "migration_profile": "pmi_non_procedural",
-        "disabilities": [],
-        "identity": {"name": "Siti A.", "nik": "6371015507100003", "phone": "+62811000111"},
-    },
-    "location": {"regency": "6371", "exploitation_location": "abroad", "country": "MY"},
-    "exploitation": ["forced_labour", "domestic_servitude"],
-    "indicators": ["FL02", "FL07", "FL08"],
-    "needs": ["medical", "psychological", "shelter", "repatriation", "legal_aid"],
-    "risk": "high",
-    "consent": {"share_with": "all", "recorded_by": "bp3mi-kalsel/officer-17"},
-    "narrative": "Recruited via social media for a restaurant job; passport held by the employer.",
-}
-
-REFERENCE_EVENT: dict[str, Any] = {
-    "specversion": "1.0",
-    "id": "7d1f6a1e-2f0b-4c59-9a53-0b8d4c2c1e01",
-    "source": "bp3mi-kalsel",
-    "type": "alur.report.submitted.v1",
-    "time": "2026-11-20T08:15:00+08:00",
-    "datacontenttype": "application/json",
-    "data": REFERENCE_DATA,
-}
+REFERENCE_EVENT: dict[str, Any] = copy.deepcopy(REFERENCE_REPORT)
+REFERENCE_DATA: dict[str, Any] = REFERENCE_EVENT["data"]
 
 SECRET_NAME = "Siti A."
 SECRET_NIK = "6371015507100003"
