@@ -63,15 +63,8 @@ class DeliveryAttempt(_Record):
     duration_ms: float | None = None
 
 
-class Outcome(_Record):
-    """How the referral closed, for the coordinator's closed loop."""
-
-    status: ReferralStatus
-    at: AwareDatetime
-    actor: Actor
-    reason: str | None = None
-    note: str | None = None
-    redirect_to: str | None = None
+class Outcome(HistoryEntry):
+    """How the referral closed (its terminal history entry), for the coordinator's closed loop."""
 
 
 class Progress(_Record):

@@ -11,7 +11,7 @@ conditional (`?:`) is never read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from services.routing.facts import BOOL_FACTS, LIST_FACTS, Facts
 
@@ -22,36 +22,8 @@ _MEMBER = re.compile(r'^"([A-Za-z0-9_]+)"\s+in\s+(' + "|".join(LIST_FACTS) + r")
 _BOOL = re.compile(r"^(" + "|".join(BOOL_FACTS) + r")$")
 
 
-def _split_top(expr: str, operator: str) -> list[str]:
-    """Split on `operator` where it is outside brackets and string literals."""
-    parts: list[str] = []
-    depth, start, i, quote = 0, 0, 0, ""
-    while i < len(expr):
-        ch = expr[i]
-        if quote:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0 and expr.startswith(operator, i):
-            parts.append(expr[start:i])
-            start = i + len(operator)
-            i = start
-            continue
-        i += 1
-    parts.append(expr[start:])
-    return [p.strip() for p in parts]
-
-
-def _closing(expr: str) -> int:
-    """Index of the bracket closing the one that opens `expr`, or -1."""
+def _top_level(expr: str) -> Iterator[tuple[int, int]]:
+    """(index, bracket depth after it) of every character outside string literals."""
     depth, quote, i = 0, "", 0
     while i < len(expr):
         ch = expr[i]
@@ -63,14 +35,27 @@ def _closing(expr: str) -> int:
                 quote = ""
         elif ch in "\"'":
             quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0:
-                return i
+        else:
+            depth += (ch in "([{") - (ch in ")]}")
+            yield i, depth
         i += 1
-    return -1
+
+
+def _split_top(expr: str, operator: str) -> list[str]:
+    """Split on `operator` where it is outside brackets and string literals."""
+    parts: list[str] = []
+    start = 0
+    for i, depth in _top_level(expr):
+        if depth == 0 and i >= start and expr.startswith(operator, i):
+            parts.append(expr[start:i])
+            start = i + len(operator)
+    parts.append(expr[start:])
+    return [p.strip() for p in parts]
+
+
+def _closing(expr: str) -> int:
+    """Index of the bracket closing the one that opens `expr`, or -1."""
+    return next((i for i, depth in _top_level(expr) if depth == 0 and expr[i] in ")]}"), -1)
 
 
 def _strip_parens(expr: str) -> str:
