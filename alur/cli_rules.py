@@ -11,11 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from alur.profile import load_registry_file, profile_dir
-from alur.registry import AgencyRegistry
+from domain.registry import AgencyRegistry
+from runtime.profile import load_registry_file, profile_dir
 from services.routing.decide import decide
 from services.routing.explain import explain, explain_json
-from services.routing.pack_tests import CaseDataError, PackTest, build_case, load_pack_tests, run_pack_tests
+from services.routing.pack_tests import (
+    CaseDataError,
+    PackTest,
+    build_case,
+    load_pack_tests,
+    run_pack_tests,
+)
 from services.routing.rules import RulePack, RulePackError, load_pack
 from services.routing.views import ViewCatalog, ViewCatalogError, load_views
 

@@ -42,10 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from alur.embedded import EmbeddedServer, free_port  # noqa: E402
-from alur.profile import load_registry_file  # noqa: E402
-from alur.provision import load_topology, provision  # noqa: E402
-from alur.registry_store import RegistryStore  # noqa: E402
 from contracts.events import ReportData  # noqa: E402
+from runtime.profile import load_registry_file  # noqa: E402
+from runtime.provision import load_topology, provision  # noqa: E402
+from runtime.registry_store import RegistryStore  # noqa: E402
 
 REPORTER = "bp3mi-kalsel"
 BARE = "bare nats-py: fetch+parse+ack"
@@ -128,7 +128,8 @@ async def real_intake(js: JetStreamContext, url: str, data_dir: Path, count: int
     cases = await js.subscribe("alur.case.>", stream="CASES", ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALUR_")} | {
         "ALUR_NATS_URL": url, "ALUR_DATA_DIR": str(data_dir), "ALUR_INTAKE_HTTP": f"127.0.0.1:{free_port()}",
-        "ALUR_MATCH_KEY": "bench-match-key-0123456789abcdef", "PYTHONUNBUFFERED": "1",
+        "ALUR_MATCH_KEY": "bench-match-key-0123456789abcdef", "ALUR_CASE_KEY": "bench-case-key-0123456789abcdef",
+        "PYTHONUNBUFFERED": "1",
     }
     log = open(data_dir / "intake.log", "wb")  # noqa: SIM115
     launched = time.perf_counter()
@@ -167,7 +168,7 @@ async def real_intake(js: JetStreamContext, url: str, data_dir: Path, count: int
 async def run(count: int = 2000, timeout: float = 120.0) -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="alur-bench-"))
     server = EmbeddedServer(data_dir=root / "nats", port=free_port(), sync_always=False)
-    server.start(auth=None)
+    server.start(accounts=None)
     try:
         nc = await nats.connect(server.url)
         try:

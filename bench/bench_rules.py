@@ -23,9 +23,9 @@ import zen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alur.profile import load_registry_file, profile_dir  # noqa: E402
 from contracts.events import Case  # noqa: E402
 from contracts.vocab import ExploitationType, MigrationProfile, Need  # noqa: E402
+from runtime.profile import load_registry_file, profile_dir  # noqa: E402
 from services.routing.conditions import (  # noqa: E402
     CEL,
     CompiledRule,

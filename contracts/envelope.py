@@ -23,6 +23,9 @@ def derived_id(*parts: str) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, "\x1f".join(parts)))
 
 
+_PARAMETRIZED: dict[tuple[type, Any], Any] = {}
+
+
 class CloudEvent(BaseModel, Generic[DataT]):
     """A CloudEvents 1.0 event in structured JSON mode; `data` is the typed payload."""
 
@@ -36,6 +39,14 @@ class CloudEvent(BaseModel, Generic[DataT]):
     subject: str | None = Field(default=None, max_length=128)
     datacontenttype: Literal["application/json"] = "application/json"
     data: DataT
+
+    def __class_getitem__(cls, params: Any) -> Any:  # type: ignore[override]
+        """`CloudEvent[X]`, made once: pydantic keeps parametrized models only weakly, so without a reference
+        of our own each `CloudEvent[X]` in a handler built the model (its whole schema) anew."""
+        key = (cls, params)
+        if (model := _PARAMETRIZED.get(key)) is None:
+            model = _PARAMETRIZED[key] = super().__class_getitem__(params)  # type: ignore[misc]
+        return model
 
     @classmethod
     def build(
@@ -62,5 +73,3 @@ class CloudEvent(BaseModel, Generic[DataT]):
         """The wire form: compact JSON, without unset optional fields of `data`."""
         return self.model_dump_json(exclude_none=True).encode()
 
-
-AnyEvent = CloudEvent[dict[str, Any]]

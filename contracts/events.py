@@ -11,6 +11,7 @@ from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -43,12 +44,44 @@ from contracts.vocab import (
     Sex,
 )
 
+CONTROL_CHARACTERS = frozenset(
+    {*map(chr, range(0x00, 0x20)), chr(0x7F), *map(chr, range(0x80, 0xA0))}
+)
+"""C0 controls, DEL and C1 controls: invisible, they end strings in C code, break log lines and terminals."""
+BIDI_CONTROLS = frozenset(
+    {"\u061c", "\u200e", "\u200f", *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))}
+)
+"""Unicode bidirectional formatting (LRM/RLM/ALM, embeddings, overrides, isolates): they make a text read
+differently from what it holds (a right-to-left override turns `KS-0412` around on screen)."""
+LINE_BREAKS = frozenset({"\t", "\n", "\r"})
+"""What a narrative may hold of the controls: tabs and line breaks (a web form's CRLF included)."""
+
+
+def _plain_text(allowed: frozenset[str] = frozenset()) -> AfterValidator:
+    """Refuse control and bidi characters in a text field; the reason names the code point, never the text."""
+
+    def check(value: str) -> str:
+        for char in value:
+            if (char in CONTROL_CHARACTERS and char not in allowed) or char in BIDI_CONTROLS:
+                kind = "a bidirectional formatting character" if char in BIDI_CONTROLS else "a control character"
+                raise ValueError(f"must not contain {kind} (U+{ord(char):04X})")
+        return value
+
+    return AfterValidator(check)
+
+
 AgencyId = Annotated[str, StringConstraints(pattern=AGENCY_ID_PATTERN)]
-ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120), _plain_text()]
+"""A short free text (a pseudonym, a name, a disability): one line, no control or bidi characters."""
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
-Narrative = Annotated[str, StringConstraints(max_length=5000)]
-CaseId = Annotated[str, StringConstraints(pattern=r"^case-[0-9a-f]{20}$")]
-ReferralId = Annotated[str, StringConstraints(pattern=r"^ref-[0-9a-f]{20}$")]
+Narrative = Annotated[str, StringConstraints(max_length=5000), _plain_text(LINE_BREAKS)]
+"""The victim's account: several lines allowed; other control characters and bidi controls are not."""
+Note = Annotated[str, StringConstraints(max_length=2000), _plain_text(LINE_BREAKS)]
+"""An agency's note on a referral: like a narrative, shorter."""
+CASE_ID_PATTERN = r"^case-[0-9a-f]{20}$"
+REFERRAL_ID_PATTERN = r"^ref-[0-9a-f]{20}$"
+CaseId = Annotated[str, StringConstraints(pattern=CASE_ID_PATTERN)]
+ReferralId = Annotated[str, StringConstraints(pattern=REFERRAL_ID_PATTERN)]
 
 MAX_AGE = 120
 CHILD_AGE_LIMIT = 18
@@ -75,9 +108,9 @@ class Identity(Strict):
     """Who the victim is. Confidential (UU 21/2007 art. 44): never logged, never in a subject."""
 
     name: ShortText | None = None
-    nik: Annotated[str, StringConstraints(pattern=r"^\d{16}$")] | None = None
+    nik: Annotated[str, StringConstraints(pattern=r"^[0-9]{16}$")] | None = None
     phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9]{6,16}$")] | None = None
-    birth_date: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")] | None = None
+    birth_date: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")] | None = None
 
     @field_validator("birth_date")
     @classmethod
@@ -114,7 +147,7 @@ class Consent(Strict):
     """What the victim (or guardian) agreed to share: `all`, `none`, or a list of agency types."""
 
     share_with: Literal["all", "none"] | Annotated[list[AgencyType], Field(min_length=1, max_length=len(AgencyType))]
-    recorded_by: Annotated[str, StringConstraints(min_length=1, max_length=120)]
+    recorded_by: Annotated[str, StringConstraints(min_length=1, max_length=120), _plain_text()]
     recorded_at: AwareDatetime | None = None
 
     def covers(self, agency_type: AgencyType) -> bool:
@@ -285,6 +318,9 @@ class Case(Fact):
     identification_status: IdentificationStatus = IdentificationStatus.REPORTED
     screening: Screening | None = None
     possible_duplicates: list[CaseId] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    """What intake kept but doubts, from every report of the case: each names the field (e.g. `time: …`),
+    never what it holds. The coordinator checks them with the reporting agency."""
     registered_at: AwareDatetime
     updated_at: AwareDatetime
     version: int = 1
@@ -299,6 +335,8 @@ class CaseEventData(Fact):
     regency: Regency
     case: Case
     changed: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    """The warnings of the report that made this change (the case keeps those of all its reports)."""
 
 
 class CaseRejectedData(Fact):
@@ -357,6 +395,8 @@ class ReferralStatusData(Fact):
     service: Service | None = None
     agency_type: AgencyType | None = None
     at: AwareDatetime | None = None
+    response_id: str | None = None
+    """The `id` of the agency's response this status records, when an agency set it."""
 
 
 class EscalationData(Fact):
@@ -375,13 +415,46 @@ class EscalationData(Fact):
     reason: str
 
 
+Actor = Literal["agency", "referrer", "system"]
+"""Who moved a referral: the agency holding it, the referrer side (routing, the coordinator), or notify itself."""
+
+
+class HistoryEntry(Fact):
+    """One recorded status (or, with the status unchanged, one progress note from the agency)."""
+
+    status: ReferralStatus
+    at: AwareDatetime
+    actor: Actor
+    reason: str | None = None
+    note: str | None = None
+    redirect_to: str | None = None
+
+
+class Outcome(HistoryEntry):
+    """How a referral closed (its terminal history entry), for the coordinator's closed loop."""
+
+
+class OutcomeData(Fact):
+    """`data` of `alur.referral.outcome.v1`, to the coordinator: how one referral closed, and whether every
+    referral of its case now has an outcome (the closed loop)."""
+
+    referral_id: ReferralId
+    case_id: CaseId
+    agency: AgencyId
+    service: Service
+    status: ReferralStatus
+    outcome: Outcome | None = None
+    all_referrals_terminal: bool
+    open_referrals: list[ReferralId] = Field(default_factory=list)
+
+
 class ResponseData(Strict):
     """`data` of `alur.referral.response.v1`, what an agency answers about a referral it holds."""
 
     referral_id: ReferralId
     status: ResponseStatus
     reason: Code | None = None
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    note: Note | None = None
     redirect_to: AgencyId | None = None
 
     @model_validator(mode="after")
@@ -398,7 +471,12 @@ class ResponseRefusedData(Fact):
     agency: str
     status: str | None = None
     reason: str
-    code: Literal["wrong_agency", "impossible_transition", "bad_body", "unknown_referral"]
+    code: Literal["wrong_agency", "impossible_transition", "bad_body", "unknown_referral", "note_limit"]
+    """`unknown_referral` for a referral the sender does not hold, whether it exists or not (the holder is
+    never named); `note_limit` when the referral has all the progress notes it keeps. `wrong_agency` is no
+    longer sent (kept so older readers' schemas stay valid)."""
+    response_id: str | None = None
+    """The `id` of the refused response (when it could be read), so the sender can match the two."""
 
 
 # ---------------------------------------------------------------- dead letters
@@ -415,3 +493,51 @@ class DeadLetterData(Fact):
     error: str
     service: str
     failed_at: datetime
+
+
+# ---------------------------------------------------------------- early warning
+
+
+class RegionFlaggedData(Fact):
+    """`data` of `alur.region.flagged.v1`: a regency's month rose past its own baseline.
+
+    `dimension` is `cases` (all cases, `value` "all"), `exploitation` or `modus`. The baseline is the six
+    months before `month`; its figures are withheld (None) when those months hold fewer than
+    `min_group` cases together, so no figure ever stands for a group smaller than 10. Never a case id.
+    """
+
+    regency: Regency
+    regency_name: str
+    month: str = Field(pattern=r"^\d{4}-\d{2}$")
+    dimension: Literal["cases", "exploitation", "modus"]
+    value: str
+    cases: int = Field(ge=10)
+    baseline_months: list[str]
+    baseline_cases: int | None = None
+    """Cases in the six baseline months together; None when fewer than `min_group`."""
+    baseline_mean: float | None = None
+    """Cases per baseline month; None when withheld with `baseline_cases`."""
+    upper_bound: int | None = None
+    """The most cases a month may have before it flags: the 97.5% quantile of a Poisson with the baseline
+    mean. None when withheld with `baseline_cases` (it would give the small baseline away)."""
+    level: float = 0.975
+    min_group: int = 10
+
+
+# ---------------------------------------------------------------- conformance checks
+
+
+class TestEventData(Fact):
+    """`data` of `alur.test.v1`: sent by `alur agency check` to an agency's consumer or webhook.
+
+    It concerns no case and no referral, and no service reads it: a receiver acknowledges it (NATS) or
+    answers 2xx (webhook) and does nothing else.
+    """
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    agency: str
+    check: str
+    """Which check sent it (`nats_pull` or `webhook_signed`), so a receiver's logs can say."""
+    nonce: str
+    """Random per check run: the check knows its own event among whatever else the consumer holds."""

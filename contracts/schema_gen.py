@@ -1,6 +1,8 @@
-"""JSON Schemas generated from the event models; committed under `contracts/schemas/`.
+"""JSON Schemas of every event type in `catalog.EVENTS`, committed under `contracts/schemas/<type>.json`.
 
-`python -m contracts.schema_gen` rewrites them; a test fails when the committed files drift.
+Each schema is the CloudEvent envelope with that type's `data` model, and `type` fixed to the type itself,
+so an event validates only against the schema of what it says it is. `python -m contracts.schema_gen`
+(`make schemas`) rewrites them; a test fails when the committed files drift.
 """
 
 from __future__ import annotations
@@ -8,52 +10,32 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
-
-from contracts.envelope import CloudEvent
-from contracts.events import (
-    CaseEventData,
-    CaseRejectedData,
-    DeadLetterData,
-    EscalationData,
-    FollowUpData,
-    ReferralRequestedData,
-    ReferralStatusData,
-    ReportData,
-    ResponseData,
-    ResponseRefusedData,
-)
+from contracts.catalog import EVENTS, envelope_model
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
-EVENTS: dict[str, type[BaseModel]] = {
-    "alur.report.submitted.v1": CloudEvent[ReportData],
-    "alur.report.followup.v1": CloudEvent[FollowUpData],
-    "alur.case.registered.v1": CloudEvent[CaseEventData],
-    "alur.case.updated.v1": CloudEvent[CaseEventData],
-    "alur.case.rejected.v1": CloudEvent[CaseRejectedData],
-    "alur.referral.requested.v1": CloudEvent[ReferralRequestedData],
-    "alur.referral.status.v1": CloudEvent[ReferralStatusData],
-    "alur.referral.escalated.v1": CloudEvent[EscalationData],
-    "alur.referral.response.v1": CloudEvent[ResponseData],
-    "alur.referral.response_refused.v1": CloudEvent[ResponseRefusedData],
-    "alur.deadletter.v1": CloudEvent[DeadLetterData],
-}
+
+def schema_of(event_type: str) -> dict[str, Any]:
+    """The JSON Schema of one event type: the envelope around its data model, `type` pinned to it."""
+    return envelope_model(event_type).model_json_schema()
 
 
 def render() -> dict[str, str]:
-    """File name → JSON Schema text, for every event."""
-    return {
-        f"{name}.json": json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n"
-        for name, model in EVENTS.items()
-    }
+    """File name → JSON Schema text, for every event type."""
+    return {f"{name}.json": json.dumps(schema_of(name), indent=2, sort_keys=True) + "\n" for name in EVENTS}
 
 
 def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Rewrite the schema directory: one file per event type, and no file for a type that is gone."""
     directory.mkdir(parents=True, exist_ok=True)
+    rendered = render()
+    for stale in directory.glob("*.json"):
+        if stale.name not in rendered:
+            stale.unlink()
     written = []
-    for name, text in render().items():
+    for name, text in rendered.items():
         path = directory / name
         path.write_text(text)
         written.append(path)

@@ -46,6 +46,9 @@ class Regency(StrEnum):
     KOTA_BANJARBARU = "6372"
 
 
+PROVINCE_TIME_ZONE = "Asia/Makassar"
+"""Kalimantan Selatan's time zone (WITA, UTC+8): the one officers read deadlines in."""
+
 REGENCY_NAMES: dict[Regency, str] = {
     Regency.TANAH_LAUT: "Tanah Laut",
     Regency.KOTABARU: "Kotabaru",
@@ -341,6 +344,8 @@ class Channel(StrEnum):
 
     NATS = "nats"
     WEBHOOK = "webhook"
+    INBOX = "inbox"
+    """No system of its own: its referrals wait in its web inbox on the board (`services/board/inbox.py`)."""
 
 
 AGENCY_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"

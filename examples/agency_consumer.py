@@ -5,7 +5,7 @@
     python examples/agency_consumer.py creds.json            # acknowledge and accept each referral
 
 It needs only nats-py (with nkeys). It connects as the agency's own NKey user, reads replies under
-the agency's own inbox prefix (its NATS user may read nothing else), pulls the durable consumer
+the agency's own inbox prefix (`inbox_prefix` in the credentials: its NATS user may read nothing else), pulls the durable consumer
 `agency-<id>` on REFERRALS, and publishes responses to `alur.response.<id>`. The demo's simulated
 agencies run this same code.
 """
@@ -40,13 +40,17 @@ class AgencyConsumer:
     agency: str
     nats_url: str
     nkey_seed: str
+    inbox_prefix: str = ""
     answer: Answer = acknowledge_and_accept
     on_event: Callable[[str, dict[str, Any]], Awaitable[None] | None] | None = None
     nc: Client | None = None
 
+    def __post_init__(self) -> None:
+        self.inbox_prefix = self.inbox_prefix or f"_INBOX.{self.agency}"
+
     async def connect(self) -> None:
         self.nc = await nats.connect(
-            self.nats_url, nkeys_seed_str=self.nkey_seed, inbox_prefix=f"_INBOX.{self.agency}",
+            self.nats_url, nkeys_seed_str=self.nkey_seed, inbox_prefix=self.inbox_prefix,
             name=f"agency-{self.agency}", max_reconnect_attempts=-1,
         )
 
@@ -71,7 +75,7 @@ class AgencyConsumer:
         assert self.nc is not None
         sub = await self.nc.jetstream().pull_subscribe_bind(
             durable=f"agency-{self.agency}", stream="REFERRALS",
-            inbox_prefix=f"_INBOX.{self.agency}.pull.".encode(),
+            inbox_prefix=f"{self.inbox_prefix}.pull.".encode(),
         )
         stop = stop or asyncio.Event()
         while not stop.is_set():
@@ -106,9 +110,13 @@ def main() -> None:
 
     async def on_event(status: str, event: dict[str, Any]) -> None:
         data = event["data"]
+        if status == "report_rejected":  # one of our reports was refused: fix what each reason names, send again
+            print(f"{status:13} report {data.get('report_ref')} reasons {'; '.join(data['reasons'])}", flush=True)
+            return
         print(f"{status:13} {data.get('referral_id')} case {data.get('case_id')} {data.get('service', '')}", flush=True)
 
-    consumer = AgencyConsumer(creds["agency"], creds["nats_url"], creds["nkey_seed"], on_event=on_event)
+    consumer = AgencyConsumer(creds["agency"], creds["nats_url"], creds["nkey_seed"], creds["inbox_prefix"],
+                              on_event=on_event)
 
     async def run() -> None:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -10,15 +9,32 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
+from hypothesis import HealthCheck, settings
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from alur.embedded import EmbeddedServer, free_port
-from alur.security import SecretStore
+from contracts.events import Case
+from domain.cases import case_id_for, new_case
+from domain.escalation_policy import EscalationPolicy, load_policy
+from domain.validation import ParsedReport, parse_report
+from runtime.security import SecretStore
+from tests.referral_support import POLICY_FILE
+
+# Property tests must not depend on how fast the machine is: no deadline, no speed health check.
+# `ci` (the default, what `make test` runs) is derandomized, so a run is the same on every machine;
+# `HYPOTHESIS_PROFILE=dev` explores new examples each run.
+_MACHINE_SPEED = [HealthCheck.too_slow]
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=_MACHINE_SPEED)
+settings.register_profile("dev", deadline=None, suppress_health_check=_MACHINE_SPEED)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_REPORT: dict[str, Any] = {
@@ -50,7 +66,7 @@ def reference_report(**data_changes: Any) -> dict[str, Any]:
 def nats_server(tmp_path: Path) -> Iterator[str]:
     """A plain JetStream nats-server (no auth) on a free loopback port; yields its URL."""
     server = EmbeddedServer(data_dir=tmp_path / "nats", port=free_port(), sync_always=False)
-    server.start(auth=None)
+    server.start(accounts=None)
     yield server.url
     server.stop()
 
@@ -76,6 +92,11 @@ class Running:
     def secrets(self) -> SecretStore:
         return SecretStore(self.data_dir)
 
+    def case_id(self, reporter: str, report_ref: str) -> str:
+        """The id intake gives the case of this report: keyed by this stack's case-id key (what `alur up`
+        passes intake as ALUR_CASE_KEY), as no one without the key could work it out."""
+        return case_id_for(reporter, report_ref, key=self.secrets.case_key().encode())
+
     async def admin(self) -> Client:
         return await nats.connect(self.nats_url, nkeys_seed_str=self.secrets.service_seed("admin"),
                                   inbox_prefix="_INBOX_test")
@@ -85,15 +106,19 @@ class Running:
                                   inbox_prefix=f"_INBOX.{agency_id}")
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "alur.cli", *args], env=self.env, text=True,
-                              capture_output=True, check=check, timeout=60)
+        """Run `alur ARGS` against this stack; with `check`, a non-zero exit fails with its output."""
+        result = subprocess.run([sys.executable, "-m", "alur.cli", *args], env=self.env, text=True,
+                                capture_output=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"alur {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
 
     def http(self, service: str) -> str:
         return "http://" + self.env[f"ALUR_{service.upper()}_HTTP"]
 
     def logs(self) -> str:
         return "\n".join((self.data_dir / f"{s}.log").read_text(errors="replace")
-                         for s in ("intake", "routing", "notify") if (self.data_dir / f"{s}.log").exists())
+                         for s in ("intake", "routing", "notify", "board") if (self.data_dir / f"{s}.log").exists())
 
 
 def alur_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -104,6 +129,7 @@ def alur_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "ALUR_INTAKE_HTTP": f"127.0.0.1:{free_port()}",
         "ALUR_ROUTING_HTTP": f"127.0.0.1:{free_port()}",
         "ALUR_NOTIFY_HTTP": f"127.0.0.1:{free_port()}",
+        "ALUR_BOARD_HTTP": f"127.0.0.1:{free_port()}",
         "PYTHONUNBUFFERED": "1",
         **extra,
     })
@@ -140,22 +166,54 @@ def stop_alur(running: Running, timeout: float = 40) -> int:
     return running.process.returncode
 
 
+def alur_stack(data_dir: Path, **env: str) -> Iterator[Running]:
+    """A fixture's body: a real `alur up` on `data_dir` with `env` over `alur_env`'s, stopped afterwards
+    (if it still runs). `yield from alur_stack(...)` in a fixture of any scope."""
+    running = start_alur(data_dir, env=alur_env(data_dir, **env))
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            stop_alur(running)
+
+
 @pytest.fixture
 def alur(tmp_path: Path) -> Iterator[Running]:
-    """A real `alur up` (embedded secure broker, three service processes) at ALUR_SLA_SCALE=0.001."""
-    running = start_alur(tmp_path / "alur")
-    yield running
-    if running.process.poll() is None:
-        stop_alur(running)
+    """A real `alur up` (embedded secure broker, the service processes) at ALUR_SLA_SCALE=0.001."""
+    yield from alur_stack(tmp_path / "alur")
 
 
-async def next_matching(sub: Any, predicate: Any, timeout: float = 20.0) -> Any:
-    """The next message on `sub` for which `predicate(msg)` holds; fails after `timeout` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise AssertionError("timed out waiting for a matching message")
-        msg = await sub.next_msg(timeout=remaining)
-        if predicate(msg):
-            return msg
+@pytest.fixture
+async def admin(running: Running) -> AsyncIterator[Client]:
+    """An admin connection to the module's `running` stack (a module defines `running`)."""
+    client = await running.admin()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def js(admin: Client) -> JetStreamContext:
+    """JetStream over `admin`."""
+    return admin.jetstream(timeout=10)
+
+
+CASE_KEY = b"test-case-key-0123456789abcdef"
+
+
+def synthetic_case(i: int, regency: str, month: str, modus: str = "social_media_job_offer") -> Case:
+    """A registered case of `regency`, in the middle of `month` (WITA)."""
+    data = json.loads(json.dumps(REFERENCE_REPORT["data"]))
+    data.update(report_ref=f"SYN-{regency}-{month}-{i}", recruitment_modus=modus, exploitation=["online_scam"])
+    data["location"]["regency"] = regency
+    at = datetime(int(month[:4]), int(month[5:]), 15, 4, tzinfo=UTC)
+    event = {**REFERENCE_REPORT, "time": at.isoformat(), "data": data}
+    outcome = parse_report(json.dumps(event).encode(), reporter="bp3mi-kalsel", known_agencies={"bp3mi-kalsel"},
+                           now=at)
+    assert isinstance(outcome, ParsedReport), outcome
+    return new_case(outcome, at, key=CASE_KEY)
+
+
+@pytest.fixture(scope="module")
+def policy() -> EscalationPolicy:
+    """The Kalsel escalation policy at a thousandth of its durations, for pure tests of notify's state."""
+    return load_policy(POLICY_FILE, scale=0.001)

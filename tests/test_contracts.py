@@ -90,3 +90,21 @@ def test_subject_builders_refuse_what_is_not_an_agency_id(bad: str) -> None:
     with pytest.raises(ValueError):
         subjects.report(bad)
     assert subjects.case_rejected(bad) == "alur.case.rejected.unknown"
+
+
+def test_topology_declares_exactly_the_contract_buckets_and_streams() -> None:
+    from contracts.buckets import Bucket
+    from runtime.provision import load_topology
+
+    topology = load_topology()
+    assert set(topology.kv) == {b.value for b in Bucket}
+    assert set(topology.streams) == {subjects.REPORTS_STREAM, subjects.CASES_STREAM, subjects.REFERRALS_STREAM,
+                                     subjects.DLQ_STREAM, subjects.TIMERS_STREAM, subjects.ADVISORIES_STREAM}
+
+
+def test_every_catalogued_type_has_a_schema_that_pins_it() -> None:
+    from contracts.catalog import EVENTS
+
+    for name in EVENTS:
+        schema = json.loads((SCHEMA_DIR / f"{name}.json").read_text())
+        assert schema["properties"]["type"]["const"] == name

@@ -13,14 +13,15 @@ import httpx
 import pytest
 from nats.js.api import DeliverPolicy
 
-from tests.conftest import CONFIDENTIAL, REFERENCE_REPORT, Running, next_matching, reference_report
+from tests.conftest import CONFIDENTIAL, REFERENCE_REPORT, Running, reference_report
+from tests.support import next_matching
 
 REQUIRED_TYPES = {"uptd_ppa", "police", "health", "migrant_worker_protection", "social_services"}
 REQUESTED_FIELDS = {"referral_id", "case_id", "agency", "agency_type", "service", "priority", "due", "reasons",
                     "ruleset_version", "case"}
 
 
-async def _collect_requested(sub: Any, case_id: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+async def _collect_requested(sub: Any, case_id: str, timeout: float = 30.0) -> list[dict[str, Any]]:
     """Referral requests of `case_id` until every required agency type has one."""
     seen: list[dict[str, Any]] = []
     while not REQUIRED_TYPES <= {r["agency_type"] for r in seen}:
@@ -65,7 +66,7 @@ async def test_reference_report_becomes_tracked_referrals(alur: Running) -> None
     agency = await alur.agency(target["agency"])
     sub = await agency.jetstream().pull_subscribe_bind(durable=f"agency-{target['agency']}", stream="REFERRALS",
                                                        inbox_prefix=f"_INBOX.{target['agency']}.pull.".encode())
-    msgs = await sub.fetch(1, timeout=10)
+    msgs = await sub.fetch(1, timeout=30)
     assert msgs[0].subject.startswith("alur.referral.")
     await msgs[0].ack()
     response = {"specversion": "1.0", "id": "resp-1", "source": target["agency"], "type": "alur.referral.response.v1",
@@ -113,7 +114,7 @@ async def test_replayed_report_makes_no_second_case(alur: Running) -> None:
 
 async def test_http_door_needs_a_token_and_answers_with_reasons(alur: Running) -> None:
     creds = json.loads(alur.cli("agency", "creds", "uptd-ppa-banjarbaru", "--json").stdout)
-    assert set(creds) == {"agency", "nats_url", "nkey_seed", "http_token"}
+    assert set(creds) == {"agency", "nats_url", "nkey_seed", "inbox_prefix", "http_token"}
     url = alur.http("intake") + "/v1/reports"
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.post(url, json=REFERENCE_REPORT["data"])).status_code == 401

@@ -22,28 +22,35 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from alur import ops
-from alur.profile import load_registry_file
+from alur.regions import WITA, RegionCounts, valid_cases
 from contracts.envelope import derived_id
 from contracts.events import Case
-from services.intake.cases import case_id_for, new_case
+from domain.cases import new_case
+from domain.validation import ParsedReport, Rejection, parse_report
+from runtime.profile import load_registry_file
 from services.intake.matching import match_keys
-from services.intake.regions import WITA
-from services.intake.validation import ParsedReport, Rejection, parse_report
-from tests.conftest import CONFIDENTIAL, Running, next_matching, reference_report, start_alur, stop_alur
+from tests.conftest import (
+    CONFIDENTIAL,
+    Running,
+    alur_stack,
+    reference_report,
+    stop_alur,
+)
+from tests.support import next_matching
 
 KNOWN_AGENCIES = {a.id for a in load_registry_file().agencies.values() if a.enabled}
 REPORTER = "polda-kalsel"
@@ -59,22 +66,8 @@ NIKS_USED: set[str] = {"6371015507100003"}
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One `alur up` for the module (starting one takes seconds; tests keep apart by their own refs)."""
-    stack = start_alur(tmp_path_factory.mktemp("intake-service") / "alur")
-    yield stack
-    if stack.process.poll() is None:
-        stop_alur(stack)
+    yield from alur_stack(tmp_path_factory.mktemp("intake-service") / "alur")
 
-
-@pytest.fixture
-async def admin(running: Running) -> AsyncIterator[Client]:
-    client = await running.admin()
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def js(admin: Client) -> JetStreamContext:
-    return admin.jetstream(timeout=10)
 
 
 def _event(data: dict[str, Any], *, source: str = REPORTER) -> dict[str, Any]:
@@ -211,8 +204,7 @@ def _generated_bad_bodies(n: int = 6) -> list[bytes]:
     """A few hypothesis-generated bad bodies (derandomized: the same ones every run), each refused by the core."""
     found: list[bytes] = []
 
-    @settings(max_examples=200, derandomize=True, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck), deadline=None)
+    @settings(max_examples=200, phases=[Phase.generate])
     @given(path=st.sampled_from(_PATHS), value=_json, junk=st.binary(max_size=40), raw=st.booleans())
     def collect(path: tuple[str, ...], value: Any, junk: bytes, raw: bool) -> None:
         if len(found) >= n:
@@ -300,7 +292,7 @@ async def test_redelivery_and_a_resent_report_ref_make_one_case_and_one_set_of_r
     first = await _send(reporter, "bp3mi-kalsel", report)
     exact = await _send(reporter, "bp3mi-kalsel", report)  # the same event, the same Nats-Msg-Id
     assert exact.duplicate and exact.seq == first.seq
-    case_id = case_id_for("bp3mi-kalsel", "DEDUP-1")
+    case_id = running.case_id("bp3mi-kalsel", "DEDUP-1")
 
     registered = await next_matching(cases, lambda m: _data(m)["case_id"] == case_id)
     assert _data(registered)["reporter"] == "bp3mi-kalsel"
@@ -326,7 +318,7 @@ async def test_a_crash_between_storing_and_publishing_yields_one_case(running: R
     report = _report("CRASH-1", source="bp3mi-kalsel", victim=_victim("CR-1", "6371010101900002", age=25))
     parsed = parse_report(json.dumps(report).encode(), reporter="bp3mi-kalsel", known_agencies=KNOWN_AGENCIES)
     assert isinstance(parsed, ParsedReport)
-    stored = new_case(parsed, datetime(2026, 11, 20, 0, 15, tzinfo=UTC))
+    stored = new_case(parsed, datetime(2026, 11, 20, 0, 15, tzinfo=UTC), key=running.secrets.case_key().encode())
     kv = await js.key_value("cases")
     await kv.create(stored.case_id, stored.model_dump_json().encode())
 
@@ -336,7 +328,7 @@ async def test_a_crash_between_storing_and_publishing_yields_one_case(running: R
     registered = await next_matching(cases, lambda m: _data(m)["case_id"] == stored.case_id)
     published = Case.model_validate(_data(registered)["case"])
     assert published.registered_at == stored.registered_at  # the stored case, not a second one
-    assert published.case_id == stored.case_id == case_id_for("bp3mi-kalsel", "CRASH-1")
+    assert published.case_id == stored.case_id == running.case_id("bp3mi-kalsel", "CRASH-1")
     await _routed(js, registered)
     first = await _referrals(js, stored.case_id)
     _assert_one_set(first)
@@ -359,7 +351,7 @@ async def test_follow_up_merges_and_refers_only_the_new_need(running: Running, j
     reporter = await running.agency("bp3mi-kalsel")
     await _send(reporter, "bp3mi-kalsel", _report("FOLLOW-1", source="bp3mi-kalsel",
                                                   victim=_victim("FU-1", "6371010101900003")))
-    case_id = case_id_for("bp3mi-kalsel", "FOLLOW-1")
+    case_id = running.case_id("bp3mi-kalsel", "FOLLOW-1")
     registered = await next_matching(cases, lambda m: m.subject.startswith("alur.case.registered.")
                                      and _data(m)["case_id"] == case_id)
     await _routed(js, registered)
@@ -425,10 +417,10 @@ async def test_same_nik_from_two_agencies_is_linked_not_merged(running: Running,
     first_ref, second_ref = "DUP-NIK-A", "DUP-NIK-B"
     bp3mi, polda = await running.agency("bp3mi-kalsel"), await running.agency("polda-kalsel")
     await _send(bp3mi, "bp3mi-kalsel", _report(first_ref, source="bp3mi-kalsel", victim=_victim("DUP-A1", nik, 19)))
-    first_id = case_id_for("bp3mi-kalsel", first_ref)
+    first_id = running.case_id("bp3mi-kalsel", first_ref)
     first = await next_matching(cases, lambda m: _data(m)["case_id"] == first_id)
     await _send(polda, "polda-kalsel", _report(second_ref, victim=_victim("Other-Name-7", nik, 20)))
-    second_id = case_id_for("polda-kalsel", second_ref)
+    second_id = running.case_id("polda-kalsel", second_ref)
     second = await next_matching(cases, lambda m: _data(m)["case_id"] == second_id)
 
     assert _data(first)["case"]["possible_duplicates"] == []
@@ -461,11 +453,11 @@ async def test_a_follow_up_that_adds_a_known_nik_links_the_case(running: Running
     cases = await _subscribe(js, "CASES", "alur.case.>")
     polda, uptd = await running.agency("polda-kalsel"), await running.agency("uptd-ppa-banjarbaru")
     await _send(polda, "polda-kalsel", _report("LINK-A", victim=_victim("LK-A", nik, 22)))
-    first_id = case_id_for("polda-kalsel", "LINK-A")
+    first_id = running.case_id("polda-kalsel", "LINK-A")
     await next_matching(cases, lambda m: _data(m)["case_id"] == first_id)
     await _send(uptd, "uptd-ppa-banjarbaru", _report("LINK-B", source="uptd-ppa-banjarbaru",
                                                      victim=_victim("LK-B", None, 23)))
-    second_id = case_id_for("uptd-ppa-banjarbaru", "LINK-B")
+    second_id = running.case_id("uptd-ppa-banjarbaru", "LINK-B")
     registered = await next_matching(cases, lambda m: _data(m)["case_id"] == second_id)
     assert _data(registered)["case"]["possible_duplicates"] == []
     await _send(uptd, "uptd-ppa-banjarbaru", _event({"report_ref": "LINK-B-F1", "case_id": second_id,
@@ -492,7 +484,7 @@ async def test_http_door_health_tokens_and_reasons(running: Running, js: JetStre
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.get(base + "/healthz")).status_code == 200
         ready = await client.get(base + "/readyz")
-        assert ready.status_code == 200 and ready.json() == {"ready": True, "problems": []}
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "service": "intake", "problems": []}
 
         reports_before = (await js.stream_info("REPORTS")).state.messages
         body = _report("HTTP-TOKEN-1", victim=_victim("HT-1", age=12))  # the body claims polda-kalsel
@@ -502,10 +494,17 @@ async def test_http_door_health_tokens_and_reasons(running: Running, js: JetStre
         assert (await js.stream_info("REPORTS")).state.messages == reports_before  # 401 stores nothing
 
         headers = {"Authorization": f"Bearer {creds['http_token']}"}
+        # a body claiming another agency is refused (issue 10.5: it used to be filed under the token's agency)
+        claims_other = await client.post(url, json=body, headers=headers)
+        assert claims_other.status_code == 422, claims_other.text
+        assert [r.split(":")[0] for r in claims_other.json()["reasons"]] == ["source"]
+        claim_kept = await js.get_msg("REPORTS", claims_other.json()["stream_seq"])
+        assert claim_kept.subject == "alur.report.uptd-ppa-banjarbaru"  # stored under the token's agency
+        body |= {"source": "uptd-ppa-banjarbaru", "id": str(uuid.uuid4())}
         good = await client.post(url, json=body, headers=headers)
         assert good.status_code == 202, good.text
-        case_id = case_id_for("uptd-ppa-banjarbaru", "HTTP-TOKEN-1")
-        assert good.json()["case_id"] == case_id != case_id_for("polda-kalsel", "HTTP-TOKEN-1")
+        case_id = running.case_id("uptd-ppa-banjarbaru", "HTTP-TOKEN-1")
+        assert good.json()["case_id"] == case_id != running.case_id("polda-kalsel", "HTTP-TOKEN-1")
         registered = await next_matching(cases, lambda m: _data(m).get("case_id") == case_id)
         assert _data(registered)["reporter"] == "uptd-ppa-banjarbaru"
         assert (await js.get_msg("REPORTS", good.json()["stream_seq"])).subject == "alur.report.uptd-ppa-banjarbaru"
@@ -517,13 +516,13 @@ async def test_http_door_health_tokens_and_reasons(running: Running, js: JetStre
         assert kept["source"] == "uptd-ppa-banjarbaru" and kept["specversion"] == "1.0"
 
         # an event id that cannot be a header value is not used as Nats-Msg-Id (the body hash is)
-        odd_body = json.dumps(_report("HTTP-ODD-ID") | {"id": "two\r\nlines"}).encode()
+        odd_body = json.dumps(_report("HTTP-ODD-ID", source="uptd-ppa-banjarbaru") | {"id": "two\r\nlines"}).encode()
         odd = await client.post(url, content=odd_body, headers=headers)
         assert odd.status_code == 202, odd.text
         odd_msg = await js.get_msg("REPORTS", odd.json()["stream_seq"])
         assert odd_msg.data == odd_body and odd_msg.headers is not None
-        assert odd_msg.headers["Nats-Msg-Id"] == derived_id("http-report", "uptd-ppa-banjarbaru",
-                                                            hashlib.sha256(odd_body).hexdigest())
+        assert odd_msg.headers["Nats-Msg-Id"] == "uptd-ppa-banjarbaru:" + derived_id(
+            "http-report", "uptd-ppa-banjarbaru", hashlib.sha256(odd_body).hexdigest())
 
         bad = await client.post(url, json={"report_ref": "HTTP-BAD-1", "victim": {"age": -3}}, headers=headers)
         assert bad.status_code == 422
@@ -541,6 +540,189 @@ async def test_http_door_health_tokens_and_reasons(running: Running, js: JetStre
                             and _data(m).get("stream_seq") == garbage.json()["stream_seq"])
 
 
+# ---------------------------------------------------------------- hostile bodies (issue 10.4)
+
+HOSTILE: list[tuple[str, bytes, str]] = [
+    # (name, body, the reason it must get): the first two used to raise RecursionError on every delivery
+    ("2000-nested-objects", b'{"a":' * 2000 + b"1" + b"}" * 2000, "body: is nested more than 32 levels deep"),
+    ("2000-nested-lists", b"[" * 2000 + b"]" * 2000, "body: is nested more than 32 levels deep"),
+    ("100k-nested-lists", b"[" * 100_000 + b"]" * 100_000,
+     "body: 200000 bytes is more than the limit of 65536 bytes"),
+    ("1e999999", json.dumps(_report("HOSTILE-NUM")).encode().replace(b'"age": 16', b'"age": 1e999999'),
+     "body: has a number too large to represent"),
+    ("10k-digit-integer", json.dumps(_report("HOSTILE-INT")).encode().replace(b'"age": 16', b'"age": ' + b"7" * 10_000),
+     "body: has a number longer than 100 characters"),
+]
+
+
+async def test_hostile_bodies_over_nats_become_rejections_not_dead_letters(running: Running, js: JetStreamContext
+                                                                           ) -> None:
+    rejected = await _subscribe(js, "CASES", f"alur.case.rejected.{REPORTER}")
+    cases = await _subscribe(js, "CASES", "alur.case.registered.*")
+    dead_before = await _dlq_count(js)
+    reporter = await running.agency(REPORTER)
+    sent: dict[int, tuple[str, str]] = {}
+    for name, body, expected in HOSTILE:
+        for content_type in (None, "application/json"):  # FastStream used to json-decode either way
+            headers = {"Nats-Msg-Id": str(uuid.uuid4())} | ({"Content-Type": content_type} if content_type else {})
+            ack = await reporter.jetstream().publish(f"alur.report.{REPORTER}", body, headers=headers, timeout=5)
+            sent[ack.seq] = (name, expected)
+    while sent:
+        msg = await next_matching(rejected, lambda m: _data(m).get("stream_seq") in sent)
+        name, expected = sent.pop(_data(msg)["stream_seq"])
+        assert _data(msg)["reasons"] == [expected], name
+    good = _report("HOSTILE-AFTER", victim=_victim("HS-1", age=31))
+    await _send(reporter, REPORTER, good)
+    await next_matching(cases, lambda m: _data(m)["case_id"] == running.case_id(REPORTER, "HOSTILE-AFTER"))
+    assert await _dlq_count(js) == dead_before, "a hostile body reached the DLQ"
+    await reporter.close()
+
+
+async def test_hostile_bodies_over_http_are_answered_4xx_with_reasons(running: Running, js: JetStreamContext) -> None:
+    token = running.secrets.agency(REPORTER).http_token
+    headers = {"Authorization": f"Bearer {token}"}
+    dead_before = await _dlq_count(js)
+    rejected = await _subscribe(js, "CASES", f"alur.case.rejected.{REPORTER}")
+    seqs = set()
+    async with httpx.AsyncClient(timeout=30) as client:
+        for name, body, expected in HOSTILE:
+            answer = await client.post(running.http("intake") + "/v1/reports", content=body, headers=headers)
+            assert answer.status_code in (400, 413), (name, answer.status_code, answer.text[:200])
+            assert answer.json()["reasons"] == [expected], name
+            seqs.add(answer.json()["stream_seq"])
+        # the data-only form goes through the same loader: its repeated key is refused, not last-wins
+        data = json.dumps(_report("HOSTILE-DUP")["data"])
+        twice = await client.post(running.http("intake") + "/v1/reports", headers=headers,
+                                  content=(data[:-1] + ', "report_ref": "HOSTILE-DUP-2"}').encode())
+        assert twice.status_code == 400
+        assert twice.json()["reasons"] == ["body: has a key more than once in one object (repeated 'report_ref')"]
+        seqs.add(twice.json()["stream_seq"])
+        good = await client.post(running.http("intake") + "/v1/reports", headers=headers,
+                                 json=_report("HOSTILE-HTTP-AFTER", victim=_victim("HS-2", age=32))["data"])
+        assert good.status_code == 202 and good.json()["case_id"] == running.case_id(REPORTER, "HOSTILE-HTTP-AFTER")
+    while seqs:
+        seqs.discard(_data(await next_matching(rejected, lambda m: _data(m).get("stream_seq") in seqs))["stream_seq"])
+    await _consumed(js, "REPORTS", "intake", good.json()["stream_seq"])
+    assert await _dlq_count(js) == dead_before, "a hostile body reached the DLQ"
+
+
+# ---------------------------------------------------------------- implausible data (issue 10.5)
+
+
+async def test_implausible_reports_are_refused_and_an_old_one_is_kept_with_a_warning(
+    running: Running, js: JetStreamContext
+) -> None:
+    rejected = await _subscribe(js, "CASES", f"alur.case.rejected.{REPORTER}")
+    cases = await _subscribe(js, "CASES", "alur.case.registered.*")
+    reporter = await running.agency(REPORTER)
+    refused = {
+        "data.victim.pseudonym": _report("PLAUS-RLO", victim=_victim("KS-\u202e2140")),
+        "data.victim.identity.birth_date": _report("PLAUS-2099", victim=_victim("PL-1") | {
+            "identity": {"birth_date": "2099-01-01"}}),
+        "time": _report("PLAUS-TIME") | {"time": "2099-01-01T00:00:00+08:00"},
+        "source": _report("PLAUS-SOURCE", source="bp3mi-kalsel"),
+    }
+    sent = {(await _send(reporter, REPORTER, body)).seq: field for field, body in refused.items()}
+    while sent:
+        msg = await next_matching(rejected, lambda m: _data(m).get("stream_seq") in sent)
+        field = sent.pop(_data(msg)["stream_seq"])
+        assert [r.split(":")[0] for r in _data(msg)["reasons"]] == [field], _data(msg)["reasons"]
+
+    old = _report("PLAUS-OLD", victim=_victim("PL-OLD", age=40)) | {"time": "2025-01-06T09:00:00+08:00"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = await client.post(running.http("intake") + "/v1/reports", json=old,
+                                   headers={"Authorization": f"Bearer {running.secrets.agency(REPORTER).http_token}"})
+    assert answer.status_code == 202, answer.text
+    assert [w.split(":")[0] for w in answer.json()["warnings"]] == ["time"]
+    registered = await next_matching(cases, lambda m: _data(m)["case_id"] == answer.json()["case_id"])
+    assert _data(registered)["warnings"] == answer.json()["warnings"] == _data(registered)["case"]["warnings"]
+    await reporter.close()
+
+
+# ---------------------------------------------------------------- who may amend a case (issue 10.1)
+
+
+async def test_only_those_who_work_on_a_case_may_amend_it_over_nats(running: Running, js: JetStreamContext) -> None:
+    cases = await _subscribe(js, "CASES", "alur.case.>")
+    bp3mi = await running.agency("bp3mi-kalsel")
+    await _send(bp3mi, "bp3mi-kalsel", _report("AMEND-1", source="bp3mi-kalsel", victim=_victim("AM-1")))
+    registered = await next_matching(cases, lambda m: m.subject.startswith("alur.case.registered.")
+                                     and _data(m)["report_ref"] == "AMEND-1")
+    case_id = _data(registered)["case_id"]
+    assert case_id == running.case_id("bp3mi-kalsel", "AMEND-1")
+    assert case_id != "case-" + hashlib.sha256(b"bp3mi-kalsel\x1fAMEND-1").hexdigest()[:20], "the id is keyed"
+    await _routed(js, registered)
+    holders = {r["agency"] for r in await _referrals(js, case_id)}
+    assert "polresta-banjarmasin" in holders and "polda-kalsel" not in holders
+
+    # what the issue saw: the police's follow-up renamed the victim, cleared the narrative, added a need
+    takeover = {"case_id": case_id, "victim": {"identity": {"name": "Nama Lain"}}, "narrative": None,
+                "needs": ["education"]}
+    polda = await running.agency("polda-kalsel")
+    outsider = await _send(polda, "polda-kalsel", _event({"report_ref": "AMEND-1-X", **takeover}))
+    unknown = await _send(polda, "polda-kalsel", _event({"report_ref": "AMEND-1-Y", **takeover,
+                                                          "case_id": "case-" + "0" * 20}))
+    refusals = {}
+    while len(refusals) < 2:
+        msg = await next_matching(cases, lambda m: m.subject == "alur.case.rejected.polda-kalsel"
+                                  and _data(m).get("stream_seq") in (outsider.seq, unknown.seq))
+        refusals[_data(msg)["stream_seq"]] = _data(msg)
+    assert refusals[outsider.seq]["reasons"] == refusals[unknown.seq]["reasons"] == [
+        "data.case_id: no case has this id"], "a refusal reads exactly like an unknown case"
+    assert {k: v for k, v in refusals[outsider.seq].items() if k not in ("stream_seq", "report_ref", "event_id")} == \
+        {k: v for k, v in refusals[unknown.seq].items() if k not in ("stream_seq", "report_ref", "event_id")}
+    stored = Case.model_validate_json((await (await js.key_value("cases")).get(case_id)).value)
+    assert stored.version == 1 and stored.narrative is not None
+
+    # a holder of a referral, the secretariat and the reporter may
+    for agency, ref in (("polresta-banjarmasin", "AMEND-1-P"), ("gt-kalsel", "AMEND-1-G"),
+                        ("bp3mi-kalsel", "AMEND-1-B")):
+        client = bp3mi if agency == "bp3mi-kalsel" else await running.agency(agency)
+        await _send(client, agency, _event({"report_ref": ref, "case_id": case_id, "injured": True}, source=agency))
+        updated = await next_matching(cases, lambda m: m.subject.startswith("alur.case.updated.")
+                                      and _data(m)["report_ref"] == ref)
+        assert _data(updated)["reporter"] == agency, agency
+        if client is not bp3mi:
+            await client.close()
+    assert running.logs().count("not_permitted") >= 1, "the operators see what the outsider tried"
+    for client in (bp3mi, polda):
+        await client.close()
+
+
+async def test_only_those_who_work_on_a_case_may_amend_it_over_http(running: Running, js: JetStreamContext) -> None:
+    cases = await _subscribe(js, "CASES", "alur.case.>")
+    url = running.http("intake") + "/v1/reports"
+
+    def bearer_of(agency: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {running.secrets.agency(agency).http_token}"}
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        opened = await client.post(url, json=_report("AMEND-2", source="bp3mi-kalsel", victim=_victim("AM-2"))["data"],
+                                   headers=bearer_of("bp3mi-kalsel"))
+        assert opened.status_code == 202, opened.text
+        case_id = opened.json()["case_id"]
+        registered = await next_matching(cases, lambda m: _data(m).get("case_id") == case_id)
+        await _routed(js, registered)
+        takeover = {"victim": {"identity": {"name": "Nama Lain"}}, "narrative": None, "needs": ["education"]}
+        outsider = await client.post(url, json={"report_ref": "AMEND-2-X", "case_id": case_id, **takeover},
+                                     headers=bearer_of("polda-kalsel"))
+        unknown = await client.post(url, json={"report_ref": "AMEND-2-X", "case_id": "case-" + "0" * 20, **takeover},
+                                    headers=bearer_of("polda-kalsel"))
+        assert outsider.status_code == unknown.status_code == 422
+        assert {k: v for k, v in outsider.json().items() if k != "stream_seq"} == \
+            {k: v for k, v in unknown.json().items() if k != "stream_seq"} == \
+            {"accepted": False, "reasons": ["data.case_id: no case has this id"], "duplicate": False}
+        holder = await client.post(url, json={"report_ref": "AMEND-2-P", "case_id": case_id, "injured": True},
+                                   headers=bearer_of("polresta-banjarmasin"))
+        assert holder.status_code == 202 and holder.json()["followup"] is True, holder.text
+    updated = await next_matching(cases, lambda m: m.subject.startswith("alur.case.updated.")
+                                  and _data(m)["report_ref"] == "AMEND-2-P")
+    assert _data(updated)["reporter"] == "polresta-banjarmasin"
+    await _consumed(js, "REPORTS", "intake", unknown.json()["stream_seq"])
+    stored = Case.model_validate_json((await (await js.key_value("cases")).get(case_id)).value)
+    assert stored.narrative is not None and "education" not in stored.needs and stored.version == 2
+
+
 # ---------------------------------------------------------------- early detection
 
 
@@ -553,7 +735,7 @@ async def test_report_regions_counts_cases_and_suppresses_small_groups(running: 
             f"REGION-{i}", victim=_victim(f"RG-{i}", age=20 + i),
             location={"regency": "6309", "exploitation_location": "abroad", "country": "KH"},
             exploitation=["online_scam"], recruitment_modus="social_media_job_offer"))
-        ids.add(case_id_for(REPORTER, f"REGION-{i}"))
+        ids.add(running.case_id(REPORTER, f"REGION-{i}"))
     while ids:
         ids.discard(_data(await next_matching(cases, lambda m: True))["case_id"])
     month = datetime.now(UTC).astimezone(WITA).strftime("%Y-%m")
@@ -562,13 +744,14 @@ async def test_report_regions_counts_cases_and_suppresses_small_groups(running: 
     assert all(row["cases"] >= 10 for row in suppressed)
     assert not any(row["regency"] == "6309" for row in suppressed)
 
-    rows = json.loads(running.cli("report", "regions", "--json", "--min-group", "1").stdout)
-    tabalong = {(r["dimension"], r["value"]): r["cases"] for r in rows if r["regency"] == "6309"
-                and r["month"] == month}
-    assert tabalong == {("cases", "all"): 3, ("exploitation", "online_scam"): 3,
-                        ("modus", "social_media_job_offer"): 3}
-    assert all(set(r) == {"month", "regency", "regency_name", "dimension", "value", "cases"} for r in rows)
-    assert not any(c in json.dumps(rows) for c in ("case-", *CONFIDENTIAL))
+    # the three are counted all the same (the CLI refuses to show groups under 10: read the counters)
+    counters = RegionCounts.of(valid_cases(await ops.registered_cases(js))).counters
+    tabalong = {k.split(".", 1)[1].rsplit(".", 1)[0]: n for k, n in counters.items()
+                if k.startswith("6309.") and k.endswith(month)}
+    assert tabalong == {"cases.all": 3, "exploitation.online_scam": 3, "modus.social_media_job_offer": 3}
+    assert all(set(r) == {"month", "regency", "regency_name", "dimension", "value", "cases"} for r in suppressed)
+    assert not any(c in json.dumps(suppressed) for c in ("case-", *CONFIDENTIAL))
+    assert running.cli("report", "regions", "--min-group", "1", check=False).returncode == 2
     await reporter.close()
 
 
@@ -584,7 +767,7 @@ async def test_no_victim_identity_or_narrative_in_any_log_line(running: Running)
     cases = await _subscribe(js, "CASES", "alur.case.>")
     reporter = await running.agency("bp3mi-kalsel")
     await _send(reporter, "bp3mi-kalsel", _report("LOGS-1", source="bp3mi-kalsel"))
-    case_id = case_id_for("bp3mi-kalsel", "LOGS-1")
+    case_id = running.case_id("bp3mi-kalsel", "LOGS-1")
     await next_matching(cases, lambda m: _data(m).get("case_id") == case_id)
     followup = _event({"report_ref": "LOGS-1-F1", "case_id": case_id, "narrative": CONFIDENTIAL[3] + " again",
                        "victim": {"identity": {"name": CONFIDENTIAL[0], "nik": nik, "phone": phone}}},

@@ -9,10 +9,26 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from contracts.events import EscalationData, ReferralRequestedData, ReferralStatusData, RuleReason
+from contracts.events import (
+    EscalationData,
+    ReferralRequestedData,
+    ReferralStatusData,
+    RuleReason,
+)
 from contracts.vocab import AgencyType, Priority, ReferralStatus, Service
-from services.notify.escalation import EscalationStep, arm, deadlines, next_timer, on_fire
-from services.notify.policy import EscalationPolicy, load_policy, parse_policy, scale_from_env
+from domain.escalation_policy import (
+    EscalationPolicy,
+    load_policy,
+    parse_policy,
+)
+from runtime.settings import Settings
+from services.notify.escalation import (
+    EscalationStep,
+    arm,
+    deadlines,
+    next_timer,
+    on_fire,
+)
 from services.notify.state import ReferralState, apply, fold, new_state
 
 S = ReferralStatus
@@ -42,7 +58,7 @@ def request(policy: EscalationPolicy, **overrides: object) -> ReferralRequestedD
         "agency_type": AgencyType.UPTD_PPA,
         "service": Service.CASE_MANAGEMENT,
         "priority": priority,
-        "due": policy.ack_due(priority, T0),
+        "due": T0 + h(HOURS[priority]),
         "reasons": [RuleReason(rule_id="child", description="a child victim", legal_basis="UU 21/2007")],
         "ruleset_version": "test",
         "case": {},
@@ -66,10 +82,10 @@ def fire(state: ReferralState) -> EscalationStep:
 def test_shipped_policy_loads_and_scale_comes_from_env(policy: EscalationPolicy) -> None:
     assert policy.scale == SCALE
     assert {c.name for c in policy.statutory} >= {"rehab_request_7d", "first_aid_7d", "lpsk_decision_7d"}
-    assert scale_from_env({"ALUR_SLA_SCALE": "0.01"}) == 0.01
-    assert scale_from_env({}) == 1.0
+    assert Settings.from_env({"ALUR_SLA_SCALE": "0.01"}).sla_scale == 0.01
+    assert Settings.from_env({}).sla_scale == 1.0
     with pytest.raises(ValueError, match="ALUR_SLA_SCALE"):
-        scale_from_env({"ALUR_SLA_SCALE": "-1"})
+        Settings.from_env({"ALUR_SLA_SCALE": "-1"})
 
 
 @pytest.mark.parametrize(
@@ -77,7 +93,7 @@ def test_shipped_policy_loads_and_scale_comes_from_env(policy: EscalationPolicy)
     [
         (("update", "ladder"), {"levels": [{"action": "remind"}, {"action": "expire"}]}, "never expired"),
         (("ack", "ladder"), {"levels": [{"action": "remind"}]}, "sit silent"),
-        (("ack", "within"), {"high": "1h", "medium": "6h"}, "lacks priorities: low"),
+        (("ack", "within"), {"high": "1h", "medium": "6h", "low": "24h"}, "ack.within"),
         (("decision", "ladder", "levels"), [{"action": "expire"}, {"action": "remind", "after": "1h"}], "last level"),
         (("decision", "ladder", "levels", 0, "afterr"), "1h", "afterr"),
         (("decision", "within"), "soon", "within"),

@@ -10,11 +10,14 @@ from hypothesis import strategies as st
 
 from contracts.events import ResponseData
 from contracts.vocab import TERMINAL_STATUSES, ReferralStatus, ResponseStatus
-from services.notify.lifecycle import (
+from domain.lifecycle import (
+    Refusal,
+    Transition,
     Verdict,
+    check_response,
     check_transition,
+    not_held,
     reason_problem,
-    validate_response,
 )
 
 S = ReferralStatus
@@ -119,11 +122,33 @@ def _response(status: ResponseStatus, **kw: object) -> ResponseData:
     return ResponseData(referral_id="ref-" + "0" * 20, status=status, **kw)  # type: ignore[arg-type]
 
 
-def test_response_from_another_agency_is_refused() -> None:
-    refusal = validate_response(
-        _response(ResponseStatus.ACCEPTED), S.DELIVERED, sender="polda-kalsel", holder="dinsos-kalsel"
+AGENCIES = frozenset({"dinsos-kalsel", "dinsos-banjarmasin", "polda-kalsel"})
+
+
+def test_response_from_another_agency_is_refused_without_naming_the_holder() -> None:
+    # Issue 10.2: the same refusal as for a referral that does not exist (`not_held`), never the holder.
+    refusal = check_response(
+        _response(ResponseStatus.ACCEPTED), S.DELIVERED, sender="polda-kalsel", holder="dinsos-kalsel",
+        agencies=AGENCIES,
     )
-    assert refusal is not None and refusal.code == "wrong_agency"
+    assert refusal == not_held("ref-" + "0" * 20, "polda-kalsel")
+    assert isinstance(refusal, Refusal) and refusal.code == "unknown_referral"
+    assert refusal.reason == f"no referral ref-{'0' * 20} is held by polda-kalsel"
+    assert "dinsos-kalsel" not in refusal.reason
+
+
+def test_a_redirect_must_name_an_enabled_agency_of_the_registry() -> None:
+    # Issue 10.5: a redirect to no registered agency was accepted, then silently rerouted to the secretariat.
+    answer = _response(ResponseStatus.REDIRECTED, redirect_to="dinsos-nowhere")
+    refusal = check_response(answer, S.DELIVERED, sender="dinsos-kalsel", holder="dinsos-kalsel", agencies=AGENCIES)
+    assert isinstance(refusal, Refusal) and refusal.code == "bad_body"
+    assert refusal.reason.startswith("`redirect_to` names dinsos-nowhere, which is no enabled agency")
+    fine = check_response(_response(ResponseStatus.REDIRECTED, redirect_to="dinsos-banjarmasin"), S.DELIVERED,
+                          sender="dinsos-kalsel", holder="dinsos-kalsel", agencies=AGENCIES)
+    assert isinstance(fine, Transition) and fine.ok
+    reason_only = check_response(_response(ResponseStatus.REDIRECTED, reason="out_of_mandate"), S.DELIVERED,
+                                 sender="dinsos-kalsel", holder="dinsos-kalsel", agencies=AGENCIES)
+    assert isinstance(reason_only, Transition) and reason_only.ok
 
 
 @pytest.mark.parametrize(
@@ -146,8 +171,9 @@ def test_response_from_another_agency_is_refused() -> None:
     ],
 )
 def test_response_checks(status: ResponseStatus, current: S, fields: dict[str, str], code: str | None) -> None:
-    refusal = validate_response(_response(status, **fields), current, sender="dinsos-kalsel", holder="dinsos-kalsel")
-    assert (refusal.code if refusal else None) == code, refusal
+    refusal = check_response(_response(status, **fields), current, sender="dinsos-kalsel", holder="dinsos-kalsel",
+                             agencies=AGENCIES)
+    assert (refusal.code if isinstance(refusal, Refusal) else None) == code, refusal
 
 
 def test_reason_requirements() -> None:

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -25,23 +23,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import nats
 import pytest
-import uvicorn
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from alur.embedded import free_port
-from contracts.envelope import CloudEvent, derived_id
-from contracts.events import ReferralRequestedData, RuleReason
-from contracts.vocab import AgencyType, Priority, ReferralStatus, Service
+from contracts.vocab import ReferralStatus
 from services.notify.state import ReferralState, apply
 from tests.conftest import (
     CONFIDENTIAL,
@@ -49,134 +44,25 @@ from tests.conftest import (
     REPO,
     Running,
     alur_env,
+    alur_stack,
     reference_report,
     start_alur,
     stop_alur,
 )
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def data_of(msg: Any) -> dict[str, Any]:
-    return json.loads(msg.data)["data"]
-
-
-def whsec() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(24)).decode()
-
-
-@dataclass
-class Seen:
-    at: float  # wall clock when the test received it
-    subject: str
-    data: dict[str, Any]
-
-    @property
-    def verb(self) -> str:
-        return self.subject.split(".")[2]
-
-    @property
-    def agency(self) -> str:
-        return self.subject.split(".")[3]
-
-
-class Feed:
-    """Every REFERRALS event from the start, in stream order; `seek` looks at what came already, then waits."""
-
-    def __init__(self, sub: Any) -> None:
-        self.sub = sub
-        self.seen: list[Seen] = []
-
-    @classmethod
-    async def open(cls, js: JetStreamContext) -> Feed:
-        return cls(await js.subscribe("alur.referral.>", stream="REFERRALS", ordered_consumer=True,
-                                      deliver_policy=DeliverPolicy.ALL))
-
-    async def seek(self, predicate: Callable[[Seen], bool], timeout: float = 20.0, after: int = 0) -> Seen:
-        """The first event at index >= `after` matching `predicate`, waiting up to `timeout` for it."""
-        for event in self.seen[after:]:
-            if predicate(event):
-                return event
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("timed out waiting for a matching referral event")
-            msg = await self.sub.next_msg(timeout=remaining)
-            event = Seen(time.time(), msg.subject, data_of(msg))
-            self.seen.append(event)
-            if predicate(event):
-                return event
-
-    def index(self, event: Seen) -> int:
-        return self.seen.index(event)
-
-
-def about(verb: str, referral_id: str | None = None, agency: str | None = None, **fields: Any) -> Callable[[Seen], bool]:
-    return lambda e: (e.verb == verb and (referral_id is None or e.data.get("referral_id") == referral_id)
-                      and (agency is None or e.agency == agency)
-                      and all(e.data.get(k) == v for k, v in fields.items()))
-
-
-async def publish_report(running: Running, report: dict[str, Any]) -> None:
-    reporter = await running.agency("bp3mi-kalsel")
-    try:
-        await reporter.jetstream().publish("alur.report.bp3mi-kalsel", json.dumps(report).encode(),
-                                           headers={"Nats-Msg-Id": report["id"]}, timeout=5)
-    finally:
-        await reporter.close()
-
-
-async def case_referrals(js: JetStreamContext, timeout: float = 20.0) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(case id, requested data by referral id) of the one case routed so far, once routing stored it."""
-    kv = await js.key_value("case-referrals")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            keys = await kv.keys()
-            if keys:
-                record = json.loads((await kv.get(keys[0])).value)
-                if record.get("referrals"):
-                    return keys[0], record["referrals"]
-        await asyncio.sleep(0.1)
-    raise AssertionError("routing stored no referrals")
-
-
-async def referral_state(js: JetStreamContext, referral_id: str) -> dict[str, Any] | None:
-    kv = await js.key_value("referrals")
-    try:
-        entry = await kv.get(referral_id)
-    except Exception:
-        return None
-    return json.loads(entry.value) if entry.value else None
-
-
-async def wait_for(check: Callable[[], Any], timeout: float = 15.0, every: float = 0.1) -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
-
-
-def response_event(agency: str, referral_id: str, status: str, **extra: Any) -> bytes:
-    return json.dumps({
-        "specversion": "1.0", "id": str(uuid.uuid4()), "source": agency, "type": "alur.referral.response.v1",
-        "time": datetime.now(UTC).isoformat(), "datacontenttype": "application/json",
-        "data": {"referral_id": referral_id, "status": status, **extra},
-    }).encode()
-
-
-async def respond(client: Client, agency: str, referral_id: str, status: str, **extra: Any) -> None:
-    await client.jetstream().publish(f"alur.response.{agency}", response_event(agency, referral_id, status, **extra),
-                                     timeout=5)
-
+from tests.support import (
+    Feed,
+    about,
+    case_referrals,
+    data_of,
+    publish_report,
+    referral_state,
+    request_referral,
+    respond,
+    response_event,
+    serving,
+    wait_for,
+    whsec,
+)
 
 # ------------------------------------------------------------------------- a real local webhook receiver
 
@@ -220,20 +106,6 @@ class Receiver:
         return [c for c in self.calls if c.path == path]
 
 
-@contextlib.asynccontextmanager
-async def serving(receiver: Receiver) -> AsyncIterator[Receiver]:
-    config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_config=None, lifespan="off",
-                            access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, timeout=10, every=0.02)
-    try:
-        yield receiver
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-
-
 # ------------------------------------------------------------------------------------ 1. webhooks
 
 
@@ -248,9 +120,11 @@ async def test_webhook_is_signed_retried_delivered_and_410_disables_the_endpoint
     async with serving(Receiver(answer)) as receiver:
         # The live registry: two agencies switch to webhooks while the system runs, via the public CLI.
         alur.cli("agency", "add", "dinkes-banjarmasin", "--type", "health", "--regions", "6371",
-                 "--channel", "webhook", "--url", f"{receiver.url}/health", "--secret", flaky_secret)
+                 "--channel", "webhook", "--url", f"{receiver.url}/health", "--secret", flaky_secret,
+                 "--allow-private-network")
         alur.cli("agency", "add", "dinsos-banjarmasin", "--type", "social_services", "--regions", "6371",
-                 "--channel", "webhook", "--url", f"{receiver.url}/gone", "--secret", gone_secret)
+                 "--channel", "webhook", "--url", f"{receiver.url}/gone", "--secret", gone_secret,
+                 "--allow-private-network")
         listed = {a["id"]: a for a in json.loads(alur.cli("agency", "list", "--json").stdout)}
         assert listed["dinkes-banjarmasin"]["channel"] == "webhook"
         assert "secret" not in listed["dinkes-banjarmasin"]
@@ -338,6 +212,9 @@ async def _stream(js: JetStreamContext, filter_subject: str) -> AsyncIterator[An
 # ------------------------------------------------------------------------------ 2. escalation ladder
 
 ESCALATION_SCALE = 0.0003  # high priority: ack due 1.08 s, raise +1.08 s, expire +6.48 s
+LATE_OK = 15.0
+"""How late a step may be seen here: generous, because a loaded CI machine delays delivery; the order of
+the steps is asserted exactly, and timer lateness itself is measured by `make bench`."""
 
 
 @pytest.fixture
@@ -370,19 +247,19 @@ async def test_silence_is_reminded_raised_expired_and_rerouted_but_an_acknowledg
     reminded = await feed.seek(about("reminded", rid))
     assert reminded.data["level"] == 1 and reminded.data["action"] == "remind" and reminded.data["target"] == "agency"
     assert reminded.data["overdue"] == "ack" and reminded.data["notify"] == ["uptd-ppa-banjarmasin"]
-    assert due - 0.2 <= reminded.at <= due + 3.0, "the reminder fires at the deadline, not before or long after"
+    assert due - 0.2 <= reminded.at <= due + LATE_OK, "the reminder fires at the deadline, not before or long after"
 
     raised = await feed.seek(about("escalated", rid, action="raise"))
     assert raised.data["level"] == 2 and raised.data["target"] == "coordinator" and "gt-kalsel" in raised.data["notify"]
     raise_at = due + 3600 * ESCALATION_SCALE
-    assert raise_at - 0.2 <= raised.at <= raise_at + 3.0
+    assert raise_at - 0.2 <= raised.at <= raise_at + LATE_OK
 
     expiring = await feed.seek(about("escalated", rid, action="expire"))
     assert expiring.data["level"] == 3 and expiring.data["target"] == "coordinator"
     expired = await feed.seek(about("expired", rid))
     assert expired.data["reason"] == "ack_overdue"
     expire_at = due + 6 * 3600 * ESCALATION_SCALE
-    assert expire_at - 0.2 <= expired.at <= expire_at + 3.0
+    assert expire_at - 0.2 <= expired.at <= expire_at + LATE_OK
     assert feed.index(reminded) < feed.index(raised) < feed.index(expiring) < feed.index(expired)
 
     # Routing reroutes the expired referral: same service, another agency (or the secretariat).
@@ -469,26 +346,6 @@ def notify_alone(nats_server: str, tmp_path: Path) -> Iterator[Notify]:
     notify.stop()
 
 
-async def request_referral(js: JetStreamContext, agency: str, *, due_in: float, case_id: str | None = None,
-                           service: Service = Service.INVESTIGATION) -> ReferralRequestedData:
-    """Publish `alur.referral.requested.<agency>` as routing would."""
-    now = datetime.now(UTC)
-    case_id = case_id or "case-" + uuid.uuid4().hex[:20]
-    data = ReferralRequestedData(
-        referral_id="ref-" + uuid.uuid4().hex[:20], case_id=case_id, agency=agency, agency_type=AgencyType.POLICE,
-        service=service, priority=Priority.HIGH, due=now + timedelta(seconds=due_in),
-        reasons=[RuleReason(rule_id="test", description="a test referral", legal_basis="none")],
-        ruleset_version="test", case={"case_id": case_id, "regency": "6371"}, requested_at=now,
-    )
-    event = CloudEvent[ReferralRequestedData].build(
-        type="alur.referral.requested.v1", source="alur/routing", subject=data.referral_id, data=data,
-        id=derived_id("referral.requested", data.referral_id),
-    )
-    await js.publish(f"alur.referral.requested.{agency}", event.to_bytes(), headers={"Nats-Msg-Id": event.id},
-                     timeout=5)
-    return data
-
-
 async def armed_timer(js: JetStreamContext, referral_id: str, level: int) -> dict[str, Any]:
     """The schedule notify keeps in TIMERS for the referral, once it is the one for `level`."""
     async def check() -> dict[str, Any] | None:
@@ -498,9 +355,11 @@ async def armed_timer(js: JetStreamContext, referral_id: str, level: int) -> dic
             if timer["level"] == level:
                 return timer
         return None
-    return await wait_for(check, timeout=15, every=0.05)
+    return await wait_for(check, timeout=60, every=0.05)
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.faults  # a crash or a stuck peer, at length: `make test-faults` (CI runs it)
 async def test_timers_survive_a_kill_of_notify(notify_alone: Notify, nc: Client) -> None:
     js = nc.jetstream()
     await notify_alone.start()
@@ -513,11 +372,11 @@ async def test_timers_survive_a_kill_of_notify(notify_alone: Notify, nc: Client)
     notify_alone.kill()  # no graceful shutdown: whatever notify held in memory is gone
     # While notify is down the schedule still fires, into TIMERS.
     fired = f"alur.timer.fired.{request.referral_id}.ack"
-    await wait_for(lambda: _has_message(js, "TIMERS", fired), timeout=15)
+    await wait_for(lambda: _has_message(js, "TIMERS", fired), timeout=30)
     assert datetime.now(UTC) >= request.due
 
     await notify_alone.start()
-    reminded = (await feed.seek(about("reminded", request.referral_id, agency="polda-kalsel"), timeout=15)).data
+    reminded = (await feed.seek(about("reminded", request.referral_id, agency="polda-kalsel"), timeout=30)).data
     assert reminded["overdue"] == "ack" and reminded["level"] == 1 and reminded["target"] == "agency"
     # And the ladder goes on from the restarted process: level 2 armed in JetStream.
     await armed_timer(js, request.referral_id, level=2)
@@ -533,20 +392,20 @@ async def test_the_auditor_repairs_a_lost_timer_and_counts_it(notify_alone: Noti
     await notify_alone.start()
     feed = await Feed.open(js)
     request = await request_referral(js, "polda-kalsel", due_in=0.5)
-    await feed.seek(about("reminded", request.referral_id), timeout=15)
+    await feed.seek(about("reminded", request.referral_id), timeout=30)
     level2 = await armed_timer(js, request.referral_id, level=2)
 
     await js.purge_stream("TIMERS")  # the raise's schedule is lost, as in a crash of the store
     assert not await _has_message(js, "TIMERS", f"alur.timer.schedule.{request.referral_id}.next")
 
-    raised = (await feed.seek(about("escalated", request.referral_id, agency="polda-kalsel"), timeout=20)).data
+    raised = (await feed.seek(about("escalated", request.referral_id, agency="polda-kalsel"), timeout=30)).data
     assert raised["level"] == 2 and raised["target"] == "coordinator" and raised["overdue"] == "ack"
     assert datetime.now(UTC) >= datetime.fromisoformat(level2["fire_at"])
 
     async with httpx.AsyncClient(timeout=5) as client:
         metrics = (await client.get(notify_alone.http + "/metrics")).text
     repaired = [line for line in metrics.splitlines()
-                if line.startswith("alur_decisions_total") and 'kind="auditor_repaired"' in line]
+                if line.startswith("alur_auditor_repairs_total") and 'kind="timer"' in line]
     assert repaired and float(repaired[0].rsplit(" ", 1)[1]) >= 1
     assert "auditor repaired referrals" in notify_alone.log.read_text(errors="replace")
 
@@ -566,55 +425,89 @@ async def test_the_auditor_publishes_a_fact_lost_between_saving_and_publishing(
     crashed = apply(state, ReferralStatus.ACKNOWLEDGED, "agency", at=datetime.now(UTC), note="seen")
     await kv.update(request.referral_id, crashed.model_dump_json().encode(), last=entry.revision)
 
-    recovered = (await feed.seek(about("acknowledged", request.referral_id, agency="polda-kalsel"), timeout=20)).data
+    recovered = (await feed.seek(about("acknowledged", request.referral_id, agency="polda-kalsel"), timeout=30)).data
     assert recovered["note"] == "seen"
     assert "recovered" in notify_alone.log.read_text(errors="replace")
 
 
-# ----------------------------------------------------- 4. responses, rebuild, closed loop (one case)
+# ----------------------------------------------------- 4. responses, rebuild, closed loop (a case each)
 
 
-async def test_responses_are_checked_state_rebuilds_and_the_loop_closes(alur: Running) -> None:
-    admin = await alur.admin()
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One `alur up` for the response tests; each test routes a case of its own. The SLA scale leaves a high
+    priority referral an hour's worth of 36 s to be answered: no escalation races these tests."""
+    yield from alur_stack(tmp_path_factory.mktemp("notify-responses") / "alur", ALUR_SLA_SCALE="0.01")
+
+
+@dataclass
+class RoutedCase:
+    """A case routed on the shared stack: its referrals, and a connection per agency holding one."""
+
+    case_id: str
+    referrals: dict[str, dict[str, Any]]
+    clients: dict[str, Client]
+    admin: Client
+
+    def held_by(self, agency: str) -> str:
+        return next(rid for rid, r in self.referrals.items() if r["agency"] == agency)
+
+    async def close(self) -> None:
+        for client in (*self.clients.values(), self.admin):
+            await client.close()
+
+
+async def routed(running: Running, report_ref: str) -> RoutedCase:
+    """Publish the reference report under `report_ref` and wait until notify tracks all its referrals."""
+    admin = await running.admin()
     js = admin.jetstream()
-    feed = await Feed.open(js)
-    await publish_report(alur, reference_report(report_ref="BP3MI-KS-2026-0777"))
-    case_id, referrals = await case_referrals(js)
-    holders = {r["agency"] for r in referrals.values()}
-    assert {"uptd-ppa-banjarmasin", "polresta-banjarmasin"} <= holders
-    ppa_ref = next(rid for rid, r in referrals.items() if r["agency"] == "uptd-ppa-banjarmasin")
-    police_ref = next(rid for rid, r in referrals.items() if r["agency"] == "polresta-banjarmasin")
-    clients = {agency: await alur.agency(agency) for agency in holders}
-    await wait_for(lambda: _all_tracked(js, list(referrals)), timeout=15)
+    await publish_report(running, reference_report(report_ref=report_ref) | {"id": str(uuid.uuid4())})
+    case_id, referrals = await case_referrals(js, case_id=running.case_id("bp3mi-kalsel", report_ref))
+    assert {"uptd-ppa-banjarmasin", "polresta-banjarmasin"} <= {r["agency"] for r in referrals.values()}
+    clients = {r["agency"]: await running.agency(r["agency"]) for r in referrals.values()}
+    await wait_for(lambda: _all_tracked(js, list(referrals)), timeout=30)
+    return RoutedCase(case_id, referrals, clients, admin)
 
-    # ---- over NATS: the refusals name the sender, the code and the reason.
-    police = clients["polresta-banjarmasin"]
-    ppa = clients["uptd-ppa-banjarmasin"]
+
+async def test_refusals_over_nats_name_the_code_and_change_nothing(shared: Running) -> None:
+    case = await routed(shared, "BP3MI-KS-2026-0771")
+    feed = await Feed.open(case.admin.jetstream())
+    ppa_ref = case.held_by("uptd-ppa-banjarmasin")
+    police, ppa = case.clients["polresta-banjarmasin"], case.clients["uptd-ppa-banjarmasin"]
     await respond(police, "polresta-banjarmasin", ppa_ref, "accepted")
-    wrong = (await feed.seek(about("response_refused", agency="polresta-banjarmasin"))).data
-    assert wrong["code"] == "wrong_agency" and wrong["referral_id"] == ppa_ref
-    assert "uptd-ppa-banjarmasin" in wrong["reason"]
+    wrong = (await feed.seek(about("response_refused", ppa_ref, agency="polresta-banjarmasin"))).data
+    # Issue 10.2 changed this: another agency's referral is refused as unknown, without naming its holder.
+    assert wrong["code"] == "unknown_referral" and wrong["referral_id"] == ppa_ref
+    assert wrong["reason"] == f"no referral {ppa_ref} is held by polresta-banjarmasin"
+    assert "uptd-ppa-banjarmasin" not in wrong["reason"]
     await respond(ppa, "uptd-ppa-banjarmasin", ppa_ref, "completed")
-    impossible = (await feed.seek(about("response_refused", agency="uptd-ppa-banjarmasin", status="completed"))).data
+    impossible = (await feed.seek(about("response_refused", ppa_ref, status="completed"))).data
     assert impossible["code"] == "impossible_transition" and impossible["status"] == "completed"
     await respond(ppa, "uptd-ppa-banjarmasin", ppa_ref, "rejected")
-    no_reason = (await feed.seek(about("response_refused", agency="uptd-ppa-banjarmasin", status="rejected"))).data
+    no_reason = (await feed.seek(about("response_refused", ppa_ref, status="rejected"))).data
     assert no_reason["code"] == "bad_body" and "reason" in no_reason["reason"]
-    ppa_state = await referral_state(js, ppa_ref)
+    ppa_state = await referral_state(case.admin.jetstream(), ppa_ref)
     assert ppa_state is not None and ppa_state["status"] in ("requested", "delivered"), "refusals change nothing"
+    await case.close()
 
-    # ---- over HTTP: the bearer token decides who speaks.
-    ppa_token = json.loads(alur.cli("agency", "creds", "uptd-ppa-banjarmasin", "--json").stdout)["http_token"]
-    police_token = json.loads(alur.cli("agency", "creds", "polresta-banjarmasin", "--json").stdout)["http_token"]
-    url = f"{alur.http('notify')}/v1/referrals/{ppa_ref}/responses"
+
+async def test_the_http_door_answers_with_what_the_consumer_decided(shared: Running) -> None:
+    case = await routed(shared, "BP3MI-KS-2026-0772")
+    feed = await Feed.open(case.admin.jetstream())
+    ppa_ref, police_ref = case.held_by("uptd-ppa-banjarmasin"), case.held_by("polresta-banjarmasin")
+    ppa_token = json.loads(shared.cli("agency", "creds", "uptd-ppa-banjarmasin", "--json").stdout)["http_token"]
+    police_token = json.loads(shared.cli("agency", "creds", "polresta-banjarmasin", "--json").stdout)["http_token"]
+    url = f"{shared.http('notify')}/v1/referrals/{ppa_ref}/responses"
     as_ppa = {"Authorization": f"Bearer {ppa_token}"}
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=30) as http:
         assert (await http.post(url, json={"status": "acknowledged"})).status_code == 401
         assert (await http.post(url, json={"status": "acknowledged"},
                                 headers={"Authorization": "Bearer not-a-token"})).status_code == 401
         forbidden = await http.post(url, json={"status": "acknowledged"},
                                     headers={"Authorization": f"Bearer {police_token}"})
-        assert forbidden.status_code == 403 and forbidden.json()["code"] == "wrong_agency"
+        # Issue 10.2 changed this from 403 wrong_agency naming the holder: 404, as for an unknown referral.
+        assert forbidden.status_code == 404 and forbidden.json()["code"] == "unknown_referral"
+        assert "uptd-ppa-banjarmasin" not in forbidden.text
         conflict = await http.post(url, json={"status": "completed"}, headers=as_ppa)
         assert conflict.status_code == 409 and conflict.json()["code"] == "impossible_transition"
         assert (await http.post(url, json={"status": "rejected"}, headers=as_ppa)).status_code == 422
@@ -623,66 +516,123 @@ async def test_responses_are_checked_state_rebuilds_and_the_loop_closes(alur: Ru
         assert (await http.post(url, json={"status": "teleported"}, headers=as_ppa)).status_code == 422
         assert (await http.post(url, json={"status": "acknowledged", "referral_id": police_ref},
                                 headers=as_ppa)).status_code == 422
+        nowhere = await http.post(url, json={"status": "redirected", "redirect_to": "dinsos-nowhere"}, headers=as_ppa)
+        assert nowhere.status_code == 422 and nowhere.json()["code"] == "bad_body"
+        assert "`redirect_to` names dinsos-nowhere" in nowhere.json()["error"]
         good = await http.post(url, json={"status": "acknowledged", "note": "seen by the duty officer"},
                                headers=as_ppa)
         assert good.status_code == 202, good.text
+        assert good.json()["applied"] is True
     acknowledged = (await feed.seek(about("acknowledged", ppa_ref, agency="uptd-ppa-banjarmasin"))).data
     assert acknowledged["note"] == "seen by the duty officer"
+    assert acknowledged["response_id"] == good.json()["event_id"], "the fact names the answer it records"
+    await case.close()
+    logs = shared.logs()
+    for secret in (ppa_token, police_token):
+        assert secret not in logs
 
-    # ---- state lost from KV: rebuilt from REFERRALS when the agency next answers.
+
+async def test_another_agencys_referral_is_answered_exactly_like_an_unknown_one(shared: Running) -> None:
+    # Issue 10.2: nothing in the answer tells a referral that exists (held by another agency) from one that
+    # does not, over HTTP or over NATS, and the holder is never named.
+    case = await routed(shared, "BP3MI-KS-2026-0775")
+    feed = await Feed.open(case.admin.jetstream())
+    held_by_ppa = case.held_by("uptd-ppa-banjarmasin")
+    unknown = "ref-" + uuid.uuid4().hex[:20]
+    police_token = json.loads(shared.cli("agency", "creds", "polresta-banjarmasin", "--json").stdout)["http_token"]
+    as_police = {"Authorization": f"Bearer {police_token}"}
+    answers = {}
+    async with httpx.AsyncClient(timeout=30) as http:
+        for rid in (held_by_ppa, unknown):
+            answer = await http.post(f"{shared.http('notify')}/v1/referrals/{rid}/responses",
+                                     json={"status": "accepted"}, headers=as_police)
+            answers[rid] = answer
+    held, missing = answers[held_by_ppa], answers[unknown]
+    assert held.status_code == missing.status_code == 404
+    assert held.content.replace(held_by_ppa.encode(), b"<id>") == missing.content.replace(unknown.encode(), b"<id>")
+    assert held.json() == {"error": f"no referral {held_by_ppa} is held by polresta-banjarmasin",
+                           "code": "unknown_referral"}
+    assert held.headers.get("content-type") == missing.headers.get("content-type")
+
+    police = case.clients["polresta-banjarmasin"]
+    refused = {}
+    for rid in (held_by_ppa, unknown):
+        sent = json.loads(response_event("polresta-banjarmasin", rid, "accepted"))
+        await police.jetstream().publish("alur.response.polresta-banjarmasin", json.dumps(sent).encode(), timeout=5)
+        refused[rid] = (await feed.seek(about("response_refused", rid, response_id=sent["id"]))).data
+    for data in refused.values():
+        assert set(data) >= {"referral_id", "agency", "status", "reason", "code", "response_id"}
+
+    def masked(data: dict[str, Any], rid: str) -> str:
+        return json.dumps({k: v for k, v in data.items() if k != "response_id"}, sort_keys=True).replace(rid, "<id>")
+    assert masked(refused[held_by_ppa], held_by_ppa) == masked(refused[unknown], unknown)
+    assert refused[unknown]["code"] == "unknown_referral"
+    assert "uptd-ppa-banjarmasin" not in json.dumps(refused[held_by_ppa])
+    state = await referral_state(case.admin.jetstream(), held_by_ppa)
+    assert state is not None and state["status"] in ("requested", "delivered"), "refusals change nothing"
+    await case.close()
+
+
+async def test_a_state_lost_from_kv_is_rebuilt_from_referrals(shared: Running) -> None:
+    case = await routed(shared, "BP3MI-KS-2026-0773")
+    js = case.admin.jetstream()
+    feed = await Feed.open(js)
+    police_ref = case.held_by("polresta-banjarmasin")
+
     async def police_delivered() -> bool:
         state = await referral_state(js, police_ref)
         return state is not None and state["status"] == "delivered"
     await wait_for(police_delivered)
-    kv = await js.key_value("referrals")
-    await kv.purge(police_ref)
+    await (await js.key_value("referrals")).purge(police_ref)
     assert await referral_state(js, police_ref) is None
-    await respond(police, "polresta-banjarmasin", police_ref, "accepted", note="investigator assigned")
+    await respond(case.clients["polresta-banjarmasin"], "polresta-banjarmasin", police_ref, "accepted",
+                  note="investigator assigned")
     accepted = (await feed.seek(about("accepted", police_ref, agency="polresta-banjarmasin"))).data
-    assert accepted["case_id"] == case_id
+    assert accepted["case_id"] == case.case_id
     rebuilt = await referral_state(js, police_ref)
     assert rebuilt is not None
     assert [h["status"] for h in rebuilt["history"]][:3] == ["requested", "delivered", "accepted"]
     assert rebuilt["escalation"]["timer"]["purpose"] == "update", "the next timer is re-armed"
+    await case.close()
 
-    # ---- the closed loop: every agency takes its referrals on and completes them.
-    for rid, r in referrals.items():
+
+async def test_the_loop_closes_when_every_referral_has_an_outcome(shared: Running) -> None:
+    case = await routed(shared, "BP3MI-KS-2026-0774")
+    for rid, r in case.referrals.items():
         agency = r["agency"]
-        if rid != police_ref:
-            await respond(clients[agency], agency, rid, "accepted")
-        await respond(clients[agency], agency, rid, "completed", note="service given")
+        await respond(case.clients[agency], agency, rid, "accepted")
+        await respond(case.clients[agency], agency, rid, "completed", note="service given")
 
-    secretariat = await alur.agency("gt-kalsel")
+    secretariat = await shared.agency("gt-kalsel")
     inbox = await secretariat.jetstream().pull_subscribe_bind(
         durable="agency-gt-kalsel", stream="REFERRALS", inbox_prefix=b"_INBOX.gt-kalsel.pull.")
     outcomes: dict[str, dict[str, Any]] = {}
     closed: dict[str, Any] | None = None
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while closed is None:
         assert time.monotonic() < deadline, f"the loop did not close; outcomes so far: {sorted(outcomes)}"
         with contextlib.suppress(nats.errors.TimeoutError, TimeoutError):
             for msg in await inbox.fetch(20, timeout=1):
                 await msg.ack()
-                if msg.subject == "alur.referral.outcome.gt-kalsel" and data_of(msg)["case_id"] == case_id:
+                if msg.subject == "alur.referral.outcome.gt-kalsel" and data_of(msg)["case_id"] == case.case_id:
                     outcome = data_of(msg)
                     outcomes[outcome["referral_id"]] = outcome
                     if outcome["all_referrals_terminal"]:
                         closed = outcome
     assert closed["open_referrals"] == []
-    assert set(outcomes) == set(referrals), "a structured outcome for every referral"
+    assert set(outcomes) == set(case.referrals), "a structured outcome for every referral"
     for outcome in outcomes.values():
         assert outcome["status"] == "completed"
         assert outcome["outcome"]["status"] == "completed" and outcome["outcome"]["note"] == "service given"
 
-    trace = json.loads(alur.cli("trace", case_id, "--json").stdout)
+    trace = json.loads(shared.cli("trace", case.case_id, "--json").stdout)
     assert trace["all_referrals_terminal"] is True
-    assert {r["referral_id"] for r in trace["referrals"]} == set(referrals)
+    assert {r["referral_id"] for r in trace["referrals"]} == set(case.referrals)
     assert all(r["status"] == "completed" for r in trace["referrals"])
-
-    for client in (*clients.values(), secretariat, admin):
-        await client.close()
-    logs = alur.logs()
-    for secret in (*CONFIDENTIAL, ppa_token, police_token):
+    await secretariat.close()
+    await case.close()
+    logs = shared.logs()
+    for secret in CONFIDENTIAL:
         assert secret not in logs
 
 

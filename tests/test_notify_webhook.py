@@ -4,27 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
+import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from alur.registry import Agency
+from contracts.records import Agency
 from contracts.vocab import AgencyType, Channel
 from services.notify.webhook import (
     JITTER,
     MAX_RETRY_AFTER,
     RETRY_SCHEDULE,
     CircuitBreaker,
+    Pinned,
     deliver,
     parse_retry_after,
+    pin,
     retry_delay,
     sign,
 )
@@ -96,6 +102,7 @@ def agency_for(rx: Receiver, secret: str | None = None) -> Agency:
         channel=Channel.WEBHOOK,
         url=rx.url,
         secret=secret or rx.secret,
+        allow_private_network=True,  # the receiver is on 127.0.0.1
     )
 
 
@@ -156,7 +163,7 @@ async def test_transport_errors_are_retried(client: httpx.AsyncClient) -> None:
     server.close()
     await server.wait_closed()
     agency = Agency(id="lbh-x", type=AgencyType.LEGAL_AID, channel=Channel.WEBHOOK,
-                    url=f"http://127.0.0.1:{port}/", secret=new_secret())  # fmt: skip
+                    url=f"http://127.0.0.1:{port}/", secret=new_secret(), allow_private_network=True)  # fmt: skip
     result = await deliver(client, agency, "evt-6", BODY, datetime.now(UTC))
     assert result.attempt.outcome == "failed" and result.retry
     assert result.attempt.error_class == "ConnectError" and result.attempt.http_status is None
@@ -164,7 +171,7 @@ async def test_transport_errors_are_retried(client: httpx.AsyncClient) -> None:
 
 async def test_plain_http_to_a_remote_host_is_refused_at_send(client: httpx.AsyncClient) -> None:
     allowed = Agency(id="lbh-y", type=AgencyType.LEGAL_AID, channel=Channel.WEBHOOK, url="http://192.0.2.10/hook",
-                     secret=new_secret(), allow_insecure_http=True)  # fmt: skip
+                     secret=new_secret(), allow_insecure_http=True, allow_private_network=True)  # fmt: skip
     sneaked = allowed.model_copy(update={"allow_insecure_http": False})
     result = await deliver(client, sneaked, "evt-7", BODY, datetime.now(UTC))
     assert result.attempt.outcome == "refused" and not result.retry and result.needs_coordinator
@@ -272,3 +279,128 @@ def test_a_probe_that_never_reports_frees_the_slot() -> None:
     assert breaker.allow() and not breaker.allow()
     clock.now += 10
     assert breaker.allow()
+
+
+# ------------------------------------------------------- one attempt is bounded (issue 17.4) and pinned (17.9)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> dict[str, str]:
+    await reader.readline()
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, value = line.decode().split(":", 1)
+        headers[name.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return headers
+
+
+@contextlib.asynccontextmanager
+async def raw_server(handle: Any) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+def loopback_agency(port: int, host: str = "127.0.0.1") -> Agency:
+    """A plain-http receiver on loopback (by address, or by a name the test's resolver maps there)."""
+    return Agency(id="lbh-z", type=AgencyType.LEGAL_AID, channel=Channel.WEBHOOK, url=f"http://{host}:{port}/h",
+                  secret=new_secret(), allow_private_network=True, allow_insecure_http=host != "127.0.0.1")
+
+
+async def test_a_dripping_endpoint_is_cut_off_at_the_attempt_deadline(client: httpx.AsyncClient) -> None:
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        with contextlib.suppress(ConnectionError):
+            for byte in b"HTTP/1.1 200 OK\r\n" * 100:  # a byte at a time, never a whole head
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        writer.close()
+
+    async with raw_server(drip) as port:
+        started = time.monotonic()
+        result = await deliver(client, loopback_agency(port), "evt-drip", BODY, datetime.now(UTC), deadline=1.0)
+        took = time.monotonic() - started
+    assert result.attempt.outcome == "failed" and result.retry
+    assert result.attempt.error_class == "DeadlineExceeded" and result.attempt.http_status is None
+    assert 1.0 <= took < 1.0 + 15, "the deadline, not the per-read timeout, ended it"
+
+
+async def test_a_huge_answer_is_not_read(client: httpx.AsyncClient) -> None:
+    sent = 0
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        with contextlib.suppress(ConnectionError):
+            while sent < 800 * 2**20:  # 800 MB, made as it goes
+                writer.write(chunk)
+                await writer.drain()
+                sent += 65536
+        writer.close()
+
+    async with raw_server(huge) as port:
+        result = await deliver(client, loopback_agency(port), "evt-huge", BODY, datetime.now(UTC))
+        await asyncio.sleep(0)
+    assert result.delivered and result.attempt.http_status == 200
+    assert sent < 64 * 2**20, f"{sent} bytes were sent: the answer was drained, not cut off"
+
+
+async def test_the_request_goes_to_the_checked_address_with_the_name_kept(client: httpx.AsyncClient) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await _read_request(reader))
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    lookups: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append((host, port))
+        return ["127.0.0.1"]
+
+    async with raw_server(ok) as port:
+        agency = loopback_agency(port, host="hook.lbh.example")
+        result = await deliver(client, agency, "evt-pin", BODY, datetime.now(UTC), resolver=resolver)
+        assert result.delivered
+        assert lookups == [("hook.lbh.example", port)], "resolved once"
+        assert seen[0]["host"] == f"hook.lbh.example:{port}", "the Host header keeps the name"
+
+        async def rebinding(host: str, port: int) -> list[str]:
+            return ["127.0.0.1", "169.254.169.254"]  # one address no registry entry may open
+
+        strict = agency.model_copy(update={"allow_private_network": False})
+        refused = await deliver(client, strict, "evt-pin", BODY, datetime.now(UTC), resolver=resolver)
+        assert refused.attempt.outcome == "refused" and not refused.retry and refused.needs_coordinator
+        assert "resolves to 127.0.0.1, which is loopback" in str(refused.problem)
+        rebound = await deliver(client, agency, "evt-pin", BODY, datetime.now(UTC), resolver=rebinding)
+        assert rebound.attempt.outcome == "refused" and "169.254.169.254" in str(rebound.problem)
+        own = await deliver(client, agency, "evt-pin", BODY, datetime.now(UTC), resolver=resolver,
+                            own_ports=frozenset({port}))
+        assert own.attempt.outcome == "refused" and "Alur's own" in str(own.problem)
+    assert len(seen) == 1, "nothing was sent to a refused destination"
+
+
+async def test_tls_keeps_the_name_for_sni_and_verification() -> None:
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["93.184.215.14"]
+
+    agency = Agency(id="lbh-t", type=AgencyType.LEGAL_AID, channel=Channel.WEBHOOK,
+                    url="https://hook.lbh.example/alur", secret=new_secret())
+    target = await pin(agency, resolver)
+    assert isinstance(target, Pinned)
+    assert str(target.url) == "https://93.184.215.14/alur"
+    assert target.host_header == "hook.lbh.example" and target.extensions == {"sni_hostname": "hook.lbh.example"}
+
+
+async def test_a_name_that_does_not_resolve_is_a_retried_failure(client: httpx.AsyncClient) -> None:
+    async def nxdomain(host: str, port: int) -> list[str]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    result = await deliver(client, loopback_agency(1, host="gone.lbh.example"), "evt-nx", BODY, datetime.now(UTC),
+                           resolver=nxdomain)
+    assert result.attempt.outcome == "failed" and result.retry and result.attempt.error_class == "gaierror"

@@ -1,4 +1,5 @@
-"""The ops views against a running system: status, dead letters and their replay — ids and codes only."""
+"""The ops views against a running system: status, dead letters and their replay (which takes them out of
+the DLQ) — ids and codes only."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 from nats.js.api import DeliverPolicy
 
-from tests.conftest import CONFIDENTIAL, REFERENCE_REPORT, Running, next_matching
+from tests.conftest import CONFIDENTIAL, REFERENCE_REPORT, Running
+from tests.support import next_matching
 
 
 async def test_poison_message_ends_in_the_dlq_named_not_copied_and_can_be_replayed(alur: Running) -> None:
@@ -29,6 +31,9 @@ async def test_poison_message_ends_in_the_dlq_named_not_copied_and_can_be_replay
     again = await next_matching(dlq, lambda m: json.loads(m.data)["data"]["stream_seq"] == replayed[0]["new_seq"],
                                 timeout=30)
     assert json.loads(again.data)["data"]["consumer"] == "routing"
+    assert replayed[0]["removed"] is True
+    left = json.loads(alur.cli("dlq", "list", "--json").stdout)
+    assert [d["stream_seq"] for d in left] == [replayed[0]["new_seq"]], "the replayed dead letter is gone"
     logs = alur.logs()
     assert not any(secret in logs for secret in CONFIDENTIAL)
     await admin.close()
@@ -40,7 +45,7 @@ async def test_status_shows_streams_lag_and_referrals(alur: Running) -> None:
     refs = await admin.jetstream().subscribe("alur.referral.delivered.*", stream="REFERRALS", ordered_consumer=True,
                                              deliver_policy=DeliverPolicy.ALL)
     await reporter.jetstream().publish("alur.report.bp3mi-kalsel", json.dumps(REFERENCE_REPORT).encode(), timeout=5)
-    await next_matching(refs, lambda m: True, timeout=20)
+    await next_matching(refs, lambda m: True, timeout=30)
     status = json.loads(alur.cli("status", "--json").stdout)
     assert status["streams"]["REPORTS"]["messages"] == 1
     assert {c["consumer"] for c in status["consumers"]} >= {"intake", "routing", "notify-requests"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 
-from alur.profile import load_registry_file
-from alur.provision import load_topology, provision
+from runtime.profile import load_registry_file
+from runtime.provision import load_topology, provision
 
 
 async def test_provisioning_twice_changes_nothing(nc: Client) -> None:
@@ -29,7 +29,11 @@ async def test_streams_keep_records_and_drop_duplicates(nc: Client) -> None:
         config = (await js.stream_info(name)).config
         assert config.storage == "file"
         assert config.duplicate_window >= 600
-        assert config.retention == "limits" and not config.max_age
+        assert config.retention == "limits"
+    for name in ("CASES", "REFERRALS"):  # the case record: kept until deleted on purpose (docs/retention.md)
+        config = (await js.stream_info(name)).config
+        assert not config.max_age and config.deny_delete
+    assert (await js.stream_info("REPORTS")).config.max_age == 90 * 86400, "raw inputs are not kept forever"
     assert (await js.stream_info("TIMERS")).config.allow_msg_schedules
 
 

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.vocab import (
@@ -24,7 +24,8 @@ from contracts.vocab import (
 from services.routing.conditions import CompiledRules, evaluate
 from services.routing.decide import decide
 from services.routing.facts import facts_of
-from test_routing_fixtures import NOW, case_of, pack, registry, views
+from services.routing.reroute import reroute
+from tests.routing_cases import NOW, case_of, pack, registry, views
 
 NAME, NIK = "Rahasia Nama", "6371019999990001"
 REFERRAL_ID = re.compile(r"^ref-[0-9a-f]{20}$")
@@ -72,7 +73,7 @@ def reports(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-property_settings = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+property_settings = settings(max_examples=150)
 
 
 @property_settings
@@ -114,3 +115,48 @@ def test_the_index_never_changes_what_fires(data: dict[str, Any]) -> None:
     full = evaluate(CompiledRules.of(pack().compiled.rules, indexed=False), facts)
     assert indexed.fired == full.fired
     assert [t.fired for t in indexed.traces] == [t.fired for t in full.traces]
+
+
+AGENCY_IDS = sorted(registry().agencies)
+case_ids = st.text(alphabet="0123456789abcdef", min_size=20, max_size=20).map(lambda h: f"case-{h}")
+
+
+@property_settings
+@given(reports(), st.lists(case_ids, min_size=1, max_size=3, unique=True),
+       st.sampled_from(["rejected", "redirected", "expired"]), st.sampled_from(AGENCY_IDS))
+def test_no_referral_carries_possible_duplicates(data: dict[str, Any], duplicates: list[str], status: str,
+                                                 target: str) -> None:
+    """Duplicate flags are for the coordinator's review: never in a referral, first or rerouted (issue 17)."""
+    case = case_of(data).model_copy(update={"possible_duplicates": duplicates})
+    decision = decide(case, pack(), registry(), views(), now=NOW)
+    for made in decision.referrals:
+        rerouted = reroute(made.entry(decision.ruleset_version), status=status, redirect_to=target, declined=set(),
+                           case=case, registry=registry(), views=views(), pack=pack(), now=NOW)
+        for sent in (made, rerouted):
+            if sent is not None:
+                text = json.dumps(sent.model_dump(mode="json"))
+                assert "possible_duplicates" not in text and not any(d in text for d in duplicates)
+
+
+@property_settings
+@given(reports(), st.sampled_from(AGENCY_IDS))
+def test_a_redirect_lands_only_where_consent_or_the_law_and_the_rules_allow(data: dict[str, Any], target: str) -> None:
+    """Whatever agency a holder names, the new holder is of the type the rules asked for (consent or the
+    override covers it), or of a type consent covers on its own that the rules refer the service to, or
+    the secretariat."""
+    case = case_of(data)
+    decision = decide(case, pack(), registry(), views(), now=NOW)
+    for made in decision.referrals:
+        new = reroute(made.entry(decision.ruleset_version), status="redirected", redirect_to=target, declined=set(),
+                      case=case, registry=registry(), views=views(), pack=pack(), now=NOW)
+        assert new is not None, "the secretariat is always left"
+        holder = new.receiving_type
+        if holder is AgencyType.GT_SECRETARIAT:
+            pass
+        elif holder is made.agency_type:
+            assert made.overridden or case.consent.covers(holder)
+        else:
+            assert case.consent.covers(holder) and holder in pack().receivers_of(made.service), new.resolution
+        assert new.case == views().view_of(case, holder)
+        if holder in NEVER_IDENTITY:
+            assert NIK not in json.dumps(new.case) and "narrative" not in new.case

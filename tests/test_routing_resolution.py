@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from alur.registry import Agency
+from contracts.records import Agency
 from contracts.vocab import AgencyType
 from services.routing.reroute import reroute
-from test_routing_fixtures import (
+from services.routing.rules import parse_pack
+from tests.routing_cases import (
     ADULT_MALE,
     NOW,
     REFERENCE_DATA,
+    SECRET_NAME,
     SECRET_NIK,
     case_of,
     decision_for,
@@ -96,7 +100,7 @@ def test_fallback_respects_consent() -> None:
 def previous_police(data: dict = ADULT_MALE):
     decision = decision_for(data)
     made = referral(decision, "police", "investigation")
-    return made.to_event_data(decision.ruleset_version)
+    return made.entry(decision.ruleset_version)
 
 
 def do_reroute(previous, status: str, declined: set[str], redirect_to: str | None = None, data: dict = ADULT_MALE,
@@ -153,10 +157,16 @@ def test_redirect_to_a_disabled_agency_is_ignored() -> None:
     assert new is not None and new.agency == "polda-kalsel"
 
 
-def test_redirect_to_a_type_without_consent_is_ignored() -> None:
+def test_redirect_to_a_type_without_consent_goes_to_the_secretariat() -> None:
+    # Issue 17 changed this: the next police agency was chosen; a redirect the consent does not allow is
+    # now the coordinator's to see, with the reason.
     data = merged(ADULT_MALE, consent={"share_with": ["police"]})
     new = do_reroute(previous_police(data), "redirected", set(), redirect_to="dinsos-kalsel", data=data)
-    assert new is not None and new.agency == "polda-kalsel"
+    assert new is not None and new.agency == "gt-kalsel"
+    assert new.resolution == (
+        "redirected by polresta-banjarmasin to dinsos-kalsel refused: consent (share_with: some) does not cover "
+        "social_services; no rule refers investigation to social_services: sent to the task-force secretariat"
+    )
 
 
 def test_reroute_of_a_reroute_gets_a_new_id() -> None:
@@ -182,3 +192,146 @@ def test_reroute_keeps_the_legal_aid_fallback() -> None:
 def test_reroute_refuses_other_statuses() -> None:
     with pytest.raises(ValueError):
         do_reroute(previous_police(), "accepted", set())
+
+
+# ---------------------------------------------------------------- who may hold a rerouted referral (issue 17)
+
+CHILD_NO_CONSENT = merged(REFERENCE_DATA, consent={"share_with": "none"})
+CHILD_ALL = REFERENCE_DATA
+ADULT_LEGAL_AID = merged(ADULT_MALE, needs=["legal_aid"], consent={"share_with": ["legal_aid", "uptd_ppa"]})
+ADULT_LEGAL_AID_ONLY = merged(ADULT_MALE, needs=["legal_aid"], consent={"share_with": ["legal_aid"]})
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A referral of the case (`asked` = agency type, service), redirected by its holder to `target`."""
+
+    data: dict[str, Any]
+    asked: tuple[str, str]
+    target: str
+    holder: str
+    resolution: str
+
+
+REDIRECTS = [
+    pytest.param(
+        Redirect(CHILD_NO_CONSENT, ("uptd_ppa", "case_management"), "kemlu-pwni", "gt-kalsel",
+                 "redirected by uptd-ppa-banjarmasin to kemlu-pwni refused: consent (share_with: none) does not cover "
+                 "foreign_affairs; the legal override covers uptd_ppa only; no rule refers case_management to "
+                 "foreign_affairs: sent to the task-force secretariat"),
+        id="child, consent none: the override does not follow a redirect to another type",
+    ),
+    pytest.param(
+        Redirect(CHILD_NO_CONSENT, ("police", "investigation"), "uptd-ppa-kalsel", "gt-kalsel",
+                 "redirected by polresta-banjarmasin to uptd-ppa-kalsel refused: consent (share_with: none) does not "
+                 "cover uptd_ppa; the legal override covers police only; no rule refers investigation to uptd_ppa: "
+                 "sent to the task-force secretariat"),
+        id="child, consent none: the police override does not reach UPTD PPA either",
+    ),
+    pytest.param(
+        Redirect(CHILD_ALL, ("uptd_ppa", "case_management"), "kemlu-pwni", "gt-kalsel",
+                 "redirected by uptd-ppa-banjarmasin to kemlu-pwni refused: no rule refers case_management to "
+                 "foreign_affairs: sent to the task-force secretariat"),
+        id="consent all: a type the rules never chose for the service",
+    ),
+    pytest.param(
+        Redirect(ADULT_MALE, ("police", "investigation"), "dinsos-kalsel", "gt-kalsel",
+                 "redirected by polresta-banjarmasin to dinsos-kalsel refused: no rule refers investigation to "
+                 "social_services: sent to the task-force secretariat"),
+        id="consent all, adult: investigation never goes to social services",
+    ),
+    pytest.param(
+        Redirect(CHILD_NO_CONSENT, ("uptd_ppa", "case_management"), "uptd-ppa-kalsel", "uptd-ppa-kalsel",
+                 "redirected by uptd-ppa-banjarmasin to uptd-ppa-kalsel"),
+        id="child, consent none: the same type, which the override covers",
+    ),
+    pytest.param(
+        Redirect(ADULT_MALE, ("police", "investigation"), "polres-banjar", "polres-banjar",
+                 "redirected by polresta-banjarmasin to polres-banjar"),
+        id="consent all: the same type",
+    ),
+    pytest.param(
+        Redirect(ADULT_LEGAL_AID, ("legal_aid", "legal_aid"), "uptd-ppa-kalsel", "uptd-ppa-kalsel",
+                 "redirected by lbh-banjarmasin to uptd-ppa-kalsel"),
+        id="consent lists the declared fallback type",
+    ),
+    pytest.param(
+        Redirect(ADULT_LEGAL_AID_ONLY, ("legal_aid", "legal_aid"), "uptd-ppa-kalsel", "gt-kalsel",
+                 "redirected by lbh-banjarmasin to uptd-ppa-kalsel refused: consent (share_with: some) does not cover "
+                 "uptd_ppa: sent to the task-force secretariat"),
+        id="the declared fallback type without consent",
+    ),
+    pytest.param(
+        Redirect(CHILD_ALL, ("migrant_worker_protection", "repatriation"), "kemlu-pwni", "kemlu-pwni",
+                 "redirected by bp3mi-kalsel to kemlu-pwni"),
+        id="consent all: another type the rules refer the service to",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REDIRECTS)
+def test_who_may_hold_a_redirected_referral(case: Redirect) -> None:
+    agency_type, service = case.asked
+    decision = decision_for(case.data)
+    previous = referral(decision, agency_type, service).entry(decision.ruleset_version)
+    new = do_reroute(previous, "redirected", set(), redirect_to=case.target, data=case.data)
+    assert new is not None
+    assert (new.agency, new.resolution) == (case.holder, case.resolution)
+    assert (new.agency_type, new.service) == (previous.agency_type, previous.service)
+    received = registry().get(case.holder)
+    assert received is not None and new.receiving_type is received.type
+    assert new.case == views().view_of(case_of(case.data), received.type)
+    if case.holder == "gt-kalsel":
+        assert "identity" not in new.case["victim"] and "narrative" not in new.case
+        assert SECRET_NIK not in json.dumps(new.case) and SECRET_NAME not in json.dumps(new.case)
+
+
+def test_redirect_to_the_secretariat_is_always_allowed() -> None:
+    decision = decision_for(CHILD_NO_CONSENT)
+    previous = referral(decision, "uptd_ppa", "case_management").entry(decision.ruleset_version)
+    new = do_reroute(previous, "redirected", set(), redirect_to="gt-kalsel", data=CHILD_NO_CONSENT)
+    assert new is not None and (new.agency, new.resolution) == ("gt-kalsel", "redirected by uptd-ppa-banjarmasin to gt-kalsel")
+
+
+def test_a_redirect_to_an_unavailable_agency_says_why_it_was_not_used() -> None:
+    reg = registry().with_agency(registry().get("polres-banjar").model_copy(update={"enabled": False}))
+    new = do_reroute(previous_police(), "redirected", set(), redirect_to="polres-banjar", reg=reg)
+    assert new is not None and new.agency == "polda-kalsel"
+    assert new.resolution == "redirected by polresta-banjarmasin to polres-banjar, not used (polres-banjar is disabled): " \
+        "provincial agency"
+
+
+def test_a_reroute_when_consent_no_longer_covers_the_type_goes_to_the_secretariat() -> None:
+    previous = previous_police()
+    narrowed = merged(ADULT_MALE, consent={"share_with": ["uptd_ppa"]})  # a follow-up narrowed the consent
+    new = do_reroute(previous, "rejected", set(), data=narrowed)
+    assert new is not None and new.agency == "gt-kalsel"
+    assert new.resolution == ("rejected by polresta-banjarmasin: consent (share_with: some) no longer covers police: "
+                              "sent to the task-force secretariat")
+
+
+MANDATORY_LEGAL_AID = {
+    "id": "legal-aid-child", "description": "A child always gets legal aid.", "legal_basis": "test",
+    "when": "child", "mandatory": True, "mandatory_basis": "test law naming legal aid",
+    "refer": [{"agency_type": "legal_aid", "service": "legal_aid", "fallback_agency_type": "uptd_ppa"}],
+}
+
+
+def test_an_override_never_reaches_a_fallback_type() -> None:
+    """A mandatory rule's fallback is a type the law did not name: decide and reroute both need consent for it."""
+    data = pack().model_dump(mode="json", include={"version", "acknowledgement_hours", "rules"})
+    rules = parse_pack({**data, "rules": [*data["rules"], MANDATORY_LEGAL_AID]})
+    uptd = Agency(id="uptd-ppa-kalsel", type=AgencyType.UPTD_PPA)
+    lbh = Agency(id="lbh-banjarmasin", type=AgencyType.LEGAL_AID)
+    without_lbh = small_registry(SECRETARIAT, uptd)
+    made = referral(decision_for(CHILD_NO_CONSENT, rules=rules, registry=without_lbh), "legal_aid", "legal_aid")
+    assert made.overridden and made.agency == "gt-kalsel"
+    assert made.resolution == "no agency of type legal_aid: sent to the task-force secretariat"
+
+    with_lbh = small_registry(SECRETARIAT, uptd, lbh)
+    decision = decision_for(CHILD_NO_CONSENT, rules=rules, registry=with_lbh)
+    previous = referral(decision, "legal_aid", "legal_aid").entry(decision.ruleset_version)
+    assert previous.agency == "lbh-banjarmasin"
+    new = reroute(previous, status="rejected", redirect_to=None, declined=set(), case=case_of(CHILD_NO_CONSENT),
+                  registry=with_lbh, views=views(), pack=rules, now=NOW)
+    assert new is not None and new.agency == "gt-kalsel"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from alur.cli_rules import rules_app
-from alur.profile import profile_dir
+from runtime.profile import profile_dir
+from runtime.settings import Settings, SettingsError
 from services.routing.explain import explain, explain_json
 from services.routing.index import guard_of
 from services.routing.pack_tests import (
@@ -23,7 +25,16 @@ from services.routing.pack_tests import (
 )
 from services.routing.reload import RuleBook
 from services.routing.rules import RulePackError, load_pack, pack_from_text, parse_pack
-from test_routing_fixtures import REFERENCE_DATA, REFERENCE_EVENT, SECRET_NAME, SECRET_NIK, decision_for, pack, registry, views
+from tests.routing_cases import (
+    REFERENCE_DATA,
+    REFERENCE_EVENT,
+    SECRET_NAME,
+    SECRET_NIK,
+    decision_for,
+    pack,
+    registry,
+    views,
+)
 
 RULES_FILE = profile_dir() / "rules.yaml"
 
@@ -90,6 +101,106 @@ def test_statutory_clock_needs_hours_and_fallback_must_differ() -> None:
     problems = problems_of(data)
     assert any(p.startswith("rule uptd-ppa-child:") and "needs sla_hours" in p for p in problems)
     assert any(p.startswith("rule uptd-ppa-female:") and "must differ" in p for p in problems)
+
+
+# ---------------------------------------------------------------- a condition's cost is bounded at load (issue 17)
+
+
+LOOP_NAMES = ["age", "sex", "risk", "male", "child", "adult", "female", "abroad", "country", "channel"]
+"""Fact names reused as the macros' loop variables (CEL lists those as the condition's variables)."""
+
+
+def nested_exists(levels: int, elements: int = 10) -> str:
+    """`levels` comprehension macros one inside another, each over a literal list of `elements`: false."""
+    items = "[" + ",".join("1" for _ in range(elements)) + "]"
+    expression = "age < 0"
+    for level in range(levels):
+        expression = f"{items}.exists({LOOP_NAMES[level]}, {expression})"
+    return expression
+
+
+def test_a_pathological_nested_exists_is_refused_at_load_naming_the_rule() -> None:
+    """Ten levels of ten elements (issue 17: about 350 characters that would run for hours)."""
+    expression = nested_exists(10)
+    assert len(expression) < 400
+    data = raw_pack()
+    data["rules"][4]["when"] = expression
+    assert problems_of(data) == [
+        "rule tpks-report-to-police: `when` nests comprehension macros (all, exists, existsOne, exists_one, filter, "
+        "map) 10 deep, more than 2: each level multiplies the cost by the length of a list"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        (nested_exists(3), "nests comprehension macros (all, exists, existsOne, exists_one, filter, map) 3 deep, more than 2"),
+        ("size([1].map(sex, size([2].filter(risk, [3].all(age, age > 0))))) > 0", "nests comprehension macros"),
+        ('"x" in needs || ' * 30 + "child", "characters long, more than 400: split it into simpler rules"),
+        ("(" * 11 + "child" + ")" * 11, "nests brackets 11 deep, more than 10"),
+    ],
+    ids=["three exists", "map filter all", "too long", "brackets"],
+)
+def test_conditions_beyond_the_bounds_are_refused(expression: str, problem: str) -> None:
+    data = raw_pack()
+    data["rules"][0]["when"] = expression
+    [found] = problems_of(data)
+    assert found.startswith("rule uptd-ppa-child: `when` ") and problem in found
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [nested_exists(2), 'needs.exists(sex, sex == "medical") && indicators.all(risk, risk != "FL01")',
+     '[1].map(age, age).exists(age, age > 1) && "exists(exists(exists(" != channel', "(" * 10 + "child" + ")" * 10],
+    ids=["two levels", "side by side", "chained, and macros in a string", "ten brackets"],
+)
+def test_conditions_within_the_bounds_load(expression: str) -> None:
+    data = raw_pack()
+    data["rules"][0]["when"] = expression
+    data["version"] = "bounds"
+    parse_pack(data)
+
+
+SLOW = nested_exists(2, elements=90)
+assert len(SLOW) <= 400
+"""The slowest condition the bounds allow: about 8,000 steps, a few milliseconds a run."""
+
+
+def slow_pack(version: str, count: int) -> dict[str, Any]:
+    data = raw_pack()
+    data["version"] = version
+    data["rules"] += [
+        {"id": f"slow-{i}", "description": "Slow but within the bounds.", "legal_basis": "test", "when": SLOW,
+         "refer": [{"agency_type": "police", "service": "investigation"}]}
+        for i in range(count)
+    ]
+    return data
+
+
+def test_a_pack_whose_vetting_outlasts_the_timeout_is_refused_and_the_old_one_kept() -> None:
+    assert problems_of_or_none(slow_pack("slow", 1)) is None  # each rule is within the bounds
+    rules = RuleBook(pack(), tests=load_pack_tests(profile_dir()), registry=registry(), views=views(),
+                     validation_timeout=0.5)
+    started = time.monotonic()
+    ok, errors = rules.try_swap(slow_pack("kalsel-2026.2-slow", 60))  # about 60 x 40 runs: seconds
+    assert (ok, errors) == (False, ["validation took longer than 0.5 s: the pack is refused"])
+    assert rules.version == "kalsel-2026.1" and rules.pack is pack()
+    assert time.monotonic() - started < 30  # the worker was stopped, not waited for
+
+
+def test_the_vetting_timeout_comes_from_the_environment() -> None:
+    assert Settings.from_env({}).rules_validation_timeout == 30.0
+    assert Settings.from_env({"ALUR_RULES_VALIDATION_TIMEOUT": "2.5"}).rules_validation_timeout == 2.5
+    with pytest.raises(SettingsError, match="ALUR_RULES_VALIDATION_TIMEOUT"):
+        Settings.from_env({"ALUR_RULES_VALIDATION_TIMEOUT": "0"})
+
+
+def problems_of_or_none(data: Any) -> list[str] | None:
+    try:
+        parse_pack(data)
+    except RulePackError as exc:
+        return exc.problems
+    return None
 
 
 # ---------------------------------------------------------------- the index is sound
@@ -282,6 +393,6 @@ def test_from_dir_refuses_a_pack_failing_its_tests(tmp_path: Path) -> None:
 
 
 def test_decision_record_has_no_views() -> None:
-    record = decision_for(REFERENCE_DATA).record()
+    record = decision_for(REFERENCE_DATA).record(case_version=1, trigger="test").model_dump(mode="json")
     assert SECRET_NIK not in json.dumps(record)
     assert record["referrals"] and "case" not in record["referrals"][0]

@@ -25,9 +25,21 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from alur.ops import scan
-from tests.conftest import CONFIDENTIAL, REPO, Running, alur_env, next_matching, reference_report, start_alur, stop_alur
+from tests.conftest import (
+    CONFIDENTIAL,
+    REPO,
+    Running,
+    alur_env,
+    reference_report,
+    start_alur,
+    stop_alur,
+)
+from tests.support import next_matching, wait_for
 
 START_VERSION = "kalsel-2026.1"
+VETTING_TIMEOUT = 8
+"""Seconds routing lets a new pack's vetting run (ALUR_RULES_VALIDATION_TIMEOUT): far more than the Kalsel
+pack needs on a loaded machine, far less than the slow pack of the vetting test."""
 ADULT_FEMALE = {"pseudonym": "KS-0900", "age": 30, "sex": "female", "nationality": "wni",
                 "migration_profile": "pmi_non_procedural", "disabilities": [],
                 "identity": {"name": "Siti A.", "nik": "6371015507100003", "phone": "+62811000111"}}
@@ -48,7 +60,7 @@ def make_report(report_ref: str, **changes: Any) -> dict[str, Any]:
     return report
 
 
-async def _registered(js: JetStreamContext, report_ref: str, timeout: float = 20.0) -> str:
+async def _registered(js: JetStreamContext, report_ref: str, timeout: float = 30.0) -> str:
     sub = await js.subscribe("alur.case.>", stream="CASES", ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
         msg = await next_matching(sub, lambda m: json.loads(m.data)["data"].get("report_ref") == report_ref, timeout)
@@ -85,7 +97,7 @@ async def respond(running: Running, agency: str, referral_id: str, status: str, 
 
 
 async def kv_value(js: JetStreamContext, bucket: str, key: str, predicate: Callable[[Any], bool] = lambda _: True,
-                   timeout: float = 20.0) -> Any:
+                   timeout: float = 30.0) -> Any:
     """The first value of `bucket[key]` (current or coming) for which `predicate` holds, by watching the key."""
     watcher = await (await js.key_value(bucket)).watch(key)
     deadline = asyncio.get_running_loop().time() + timeout
@@ -104,8 +116,15 @@ async def kv_value(js: JetStreamContext, bucket: str, key: str, predicate: Calla
 
 
 async def routed(js: JetStreamContext, case_id: str) -> dict[str, Any]:
-    """The case's referral record, once routing saved it (after publishing every referral of the case)."""
-    return dict(await kv_value(js, "case-referrals", case_id))
+    """The case's referral record, once routing saved it and published every referral on it (routing saves
+    the record first, then publishes)."""
+    record = dict(await kv_value(js, "case-referrals", case_id))
+
+    async def all_published() -> bool:
+        published = {r["referral_id"] for r in await requested_of(js, case_id)}
+        return set(record["referrals"]) <= published
+    await wait_for(all_published)
+    return record
 
 
 async def requested_of(js: JetStreamContext, case_id: str) -> list[dict[str, Any]]:
@@ -153,7 +172,7 @@ def log_events(running: Running, service: str = "routing") -> list[dict[str, Any
     return events
 
 
-async def log_event(running: Running, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0,
+async def log_event(running: Running, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0,
                     after: int = 0) -> dict[str, Any]:
     """The first routing log line (from line `after` on) for which `predicate` holds (a file: it is polled)."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -188,7 +207,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     profile = root / "profile"
     shutil.copytree(REPO / "deploy" / "kalsel", profile)
     data_dir = root / "alur"
-    running = start_alur(data_dir, env=alur_env(data_dir, ALUR_PROFILE_DIR=str(profile)))
+    running = start_alur(data_dir, env=alur_env(data_dir, ALUR_PROFILE_DIR=str(profile),
+                                                ALUR_RULES_VALIDATION_TIMEOUT=str(VETTING_TIMEOUT)))
     try:
         expiry_case = asyncio.run(submit(running, make_report("ROUTE-EXPIRE-1")))
         yield System(running, profile, expiry_case)
@@ -393,6 +413,32 @@ async def test_redirected_referral_goes_to_the_agency_named(system: System) -> N
     assert [(e["agency"], e["redirect_to"]) for e in redirected] == [("polres-banjarbaru", "polres-banjar")]
 
 
+async def test_a_redirect_consent_does_not_allow_goes_to_the_secretariat(system: System) -> None:
+    """Issue 17: a child's legal override to UPTD PPA does not follow a redirect to another agency type."""
+    running = system.running
+    consent = {"share_with": "none", "recorded_by": "bp3mi-kalsel/officer-17"}
+    case_id = await submit(running, make_report("ROUTE-REDIRECT-2", consent=consent))
+    async with admin_js(running) as js, requested_events(js) as sub:
+        await routed(js, case_id)
+        uptd = next(r for r in await requested_of(js, case_id) if r["agency_type"] == "uptd_ppa")
+        assert uptd["agency"] == "uptd-ppa-banjarmasin" and uptd["reasons"][0]["override"] is True
+        assert uptd["case"]["victim"]["identity"]  # UPTD PPA itself may see who the child is
+        await respond(running, "uptd-ppa-banjarmasin", uptd["referral_id"], "redirected", redirect_to="kemlu-pwni")
+        moved_msg = await next_matching(sub, replacing(uptd["referral_id"]))
+        moved = json.loads(moved_msg.data)["data"]
+    assert moved_msg.subject == "alur.referral.requested.gt-kalsel"
+    assert moved["agency"] == "gt-kalsel" and (moved["agency_type"], moved["service"]) == ("uptd_ppa", "case_management")
+    assert "identity" not in moved["case"]["victim"] and "narrative" not in moved["case"]
+    assert_no_victim_data(json.dumps(moved))
+    expected = ("redirected by uptd-ppa-banjarmasin to kemlu-pwni refused: consent (share_with: none) does not "
+                "cover foreign_affairs; the legal override covers uptd_ppa only; no rule refers case_management "
+                "to foreign_affairs: sent to the task-force secretariat")
+    assert moved["resolution"] == expected
+    trace = await cli_json(running, "trace", case_id, "--json")
+    [traced] = [e for e in trace["events"] if e.get("replaces") == uptd["referral_id"]]
+    assert (traced["agency"], traced["resolution"]) == ("gt-kalsel", expected)
+
+
 async def test_an_expired_referral_is_rerouted(system: System) -> None:
     """The case submitted at module start: nobody answers, notify expires it, routing reroutes it."""
     running = system.running
@@ -460,3 +506,68 @@ async def test_rule_pack_hot_reload_refuses_a_bad_pack_and_swaps_in_a_good_one(s
         decision = await kv_value(js, "decisions", case_id)
     assert requested and {r["ruleset_version"] for r in requested} == {new_version}
     assert decision["ruleset_version"] == new_version
+
+
+def slow_rules(count: int) -> str:
+    """`count` rules whose condition is as slow as the load-time bounds allow (a few ms a run, never true)."""
+    items = "[" + ",".join("1" for _ in range(90)) + "]"
+    when = f"{items}.exists(age, {items}.exists(sex, age < 0))"
+    return "".join(
+        f"\n  - id: slow-{i}\n    description: Slow but within the bounds.\n    legal_basis: test\n"
+        f"    when: '{when}'\n    refer:\n      - {{agency_type: police, service: investigation}}\n"
+        for i in range(count)
+    )
+
+
+def _vetting_workers() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and b"services.routing.vetting" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
+async def test_a_pack_whose_vetting_times_out_is_refused_while_routing_goes_on(system: System) -> None:
+    """Issue 17: a new pack is vetted in a worker process with a timeout; the event loop keeps routing with
+    the old pack meanwhile, and the worker is stopped when the time is up."""
+    running = system.running
+    rules, tests = system.profile / "rules.yaml", system.profile / "rules_tests.yaml"
+    original_rules = (REPO / "deploy" / "kalsel" / "rules.yaml").read_text(encoding="utf-8")
+    original_tests = tests.read_text(encoding="utf-8")
+    base = "kalsel-2026.5"
+    mark = len(log_events(running))
+    write_atomically(rules, original_rules.replace(f"version: {START_VERSION}", f"version: {base}"))
+    await log_event(running, lambda e: e.get("event") == "rule pack reloaded" and e.get("ruleset_version") == base,
+                    after=mark)
+
+    # About 100 slow rules x 400 test cases: minutes of work, each rule within the bounds.
+    header, _, cases = original_tests.partition("\ntests:\n")
+    write_atomically(tests, f"{header}\ntests:\n" + cases * 10)
+    slow = original_rules.replace(f"version: {START_VERSION}", "version: kalsel-2026.6-slow") + slow_rules(100)
+    mark = len(log_events(running))
+    write_atomically(rules, slow)
+    try:
+        await log_event(running, lambda e: e.get("event", "").startswith("rule pack changed")
+                        and e.get("timeout") == VETTING_TIMEOUT, after=mark)
+        case_id = await submit(running, make_report("ROUTE-VETTING-1"))  # while the worker runs
+        async with admin_js(running) as js:
+            await routed(js, case_id)
+            assert {r["ruleset_version"] for r in await requested_of(js, case_id)} == {base}
+        refused = await log_event(
+            running, lambda e: e.get("event", "").startswith("rule pack refused")
+            and any("validation took longer than" in p for p in e.get("errors", [])), after=mark, timeout=60)
+        assert refused["ruleset_version"] == base
+        assert refused["errors"] == [f"validation took longer than {VETTING_TIMEOUT} s: the pack is refused"]
+        await wait_for(lambda: not _vetting_workers(), timeout=30)  # killed, not left to run
+
+        case_id = await submit(running, make_report("ROUTE-VETTING-2"))
+        async with admin_js(running) as js:
+            await routed(js, case_id)
+            assert {r["ruleset_version"] for r in await requested_of(js, case_id)} == {base}
+    finally:  # the module's profile as it started
+        mark = len(log_events(running))
+        write_atomically(tests, original_tests)
+        write_atomically(rules, original_rules)
+    await log_event(running, lambda e: e.get("event") == "rule pack reloaded"
+                    and e.get("ruleset_version") == START_VERSION, after=mark, timeout=60)

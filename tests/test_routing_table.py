@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from contracts.events import ReferralRequestedData
-from services.intake.cases import case_id_for
-from services.routing.decision import referral_id
-from services.routing.pack_tests import build_case
-from test_routing_fixtures import (
+from domain.cases import case_id_for
+from services.routing.decide import decide
+from services.routing.pack_tests import EXPLAIN_CASE_KEY, build_case
+from services.routing.plan import referral_id
+from tests.routing_cases import (
     ADULT_MALE,
     NOW,
     REFERENCE_DATA,
@@ -26,8 +27,6 @@ from test_routing_fixtures import (
     views,
     withheld,
 )
-
-from services.routing.decide import decide
 
 ROWS: list[tuple[str, dict[str, Any], set[tuple[str, str]], set[tuple[str, str]]]] = [
     # (row, changes to an adult man with a case manager, must be referred, must not be referred)
@@ -224,7 +223,8 @@ def test_reference_report_reaches_the_required_agency_types() -> None:
 def test_build_case_reads_an_event_or_its_data() -> None:
     from_event = case_of(REFERENCE_EVENT)
     from_data = build_case(REFERENCE_DATA, reporter="bp3mi-kalsel")
-    assert from_event.case_id == from_data.case_id == case_id_for("bp3mi-kalsel", REFERENCE_DATA["report_ref"])
+    expected = case_id_for("bp3mi-kalsel", REFERENCE_DATA["report_ref"], key=EXPLAIN_CASE_KEY)
+    assert from_event.case_id == from_data.case_id == expected
     assert from_event.reporter == "bp3mi-kalsel"
     assert from_event.age_group == "child"
     assert from_event.risk == "high" and from_event.screening is not None

@@ -8,10 +8,10 @@ import json
 import pytest
 import yaml
 
-from alur.profile import profile_dir
 from contracts.vocab import AgencyType
-from services.routing.views import ViewCatalogError, parse_views, path_exists, view_of
-from test_routing_fixtures import (
+from runtime.profile import profile_dir
+from services.routing.views import ViewCatalogError, parse_views, path_exists
+from tests.routing_cases import (
     REFERENCE_DATA,
     SECRET_NAME,
     SECRET_NARRATIVE,
@@ -68,10 +68,6 @@ def test_referrals_carry_the_receiving_type_view() -> None:
         assert made.case == views().view_of(case_of(REFERENCE_DATA), made.receiving_type)
 
 
-def test_module_view_of_uses_the_profile() -> None:
-    assert view_of(case_of(REFERENCE_DATA), AgencyType.LABOUR) == views().view_of(case_of(REFERENCE_DATA), AgencyType.LABOUR)
-
-
 def test_every_agency_type_needs_a_view() -> None:
     data = raw_views()
     del data["views"]["labour"]
@@ -110,3 +106,23 @@ def test_paths_follow_the_case_model() -> None:
     assert path_exists("screening.result")
     assert not path_exists("victim.age.years")
     assert not path_exists("identity")
+
+
+@pytest.mark.parametrize("agency_type", list(AgencyType), ids=lambda t: t.value)
+def test_no_agency_type_may_see_possible_duplicates(agency_type: AgencyType) -> None:
+    """Duplicate flags are the coordinator's to review (issue 17): in a view they are a NIK oracle."""
+    data = copy.deepcopy(raw_views())
+    data["views"][agency_type.value]["fields"].append("possible_duplicates")
+    with pytest.raises(ViewCatalogError, match=f"{agency_type.value}: may never see `possible_duplicates`"):
+        parse_views(data)
+
+
+def test_always_may_not_carry_possible_duplicates() -> None:
+    data = raw_views()
+    data["always"].append("possible_duplicates")
+    with pytest.raises(ViewCatalogError, match="always: no view may carry `possible_duplicates`"):
+        parse_views(data)
+
+
+def test_the_profile_grants_possible_duplicates_to_nobody() -> None:
+    assert not any("possible_duplicates" in views().paths_for(t) for t in AgencyType)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,9 +11,11 @@ import pytest
 from nats.aio.client import Client
 
 from alur.embedded import EmbeddedServer, free_port
-from alur.profile import load_registry_file
-from alur.provision import provision
-from alur.security import SecretStore, authorization
+from runtime.nats_auth import accounts
+from runtime.profile import load_registry_file
+from runtime.provision import provision
+from runtime.security import SecretStore
+from tests.support import wait_for
 
 
 @pytest.fixture
@@ -21,7 +23,7 @@ async def secure(tmp_path: Path) -> AsyncIterator[tuple[str, SecretStore]]:
     store = SecretStore(tmp_path / "data")
     registry = load_registry_file()
     server = EmbeddedServer(data_dir=tmp_path / "data", port=free_port(), sync_always=False)
-    server.start(authorization(store, registry))
+    server.start(accounts(store, registry))
     admin = await nats.connect(server.url, nkeys_seed_str=store.service_seed("admin"))
     await provision(admin.jetstream(), registry=registry)
     await admin.close()
@@ -73,8 +75,7 @@ async def test_agency_reads_only_its_own_consumer(secure: tuple[str, SecretStore
                                          inbox_prefix=b"_INBOX.polda-kalsel.pull2.")
     with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
         await other.fetch(1, timeout=0.5)
-    await asyncio.sleep(0.2)
-    assert any("permissions violation" in str(e).lower() for e in nc.errors)  # type: ignore[attr-defined]
+    await wait_for(lambda: any("permissions violation" in str(e).lower() for e in nc.errors))  # type: ignore[attr-defined]
     await nc.close()
 
 
@@ -84,9 +85,12 @@ async def test_agency_cannot_listen_to_facts_or_other_inboxes(secure: tuple[str,
     await nc.subscribe("alur.>")
     await nc.subscribe("_INBOX.>")
     await nc.flush()
-    await asyncio.sleep(0.2)
-    violations = [e for e in nc.errors if "permissions violation" in str(e).lower()]  # type: ignore[attr-defined]
-    assert len(violations) == 2
+
+    def violations() -> list[Exception]:
+        return [e for e in nc.errors if "permissions violation" in str(e).lower()]  # type: ignore[attr-defined]
+
+    await wait_for(lambda: len(violations()) >= 2)
+    assert len(violations()) == 2
     await nc.close()
 
 
@@ -99,9 +103,84 @@ async def test_each_service_states_only_its_own_facts(
     secure: tuple[str, SecretStore], service: str, allowed: str, forbidden: str
 ) -> None:
     url, store = secure
-    nc = await nats.connect(url, nkeys_seed_str=store.service_seed(service), inbox_prefix="_INBOX_alur")
+    nc = await nats.connect(url, nkeys_seed_str=store.service_seed(service), inbox_prefix=f"_INBOX_{service}")
     js = nc.jetstream()
     assert (await js.publish(allowed, b"{}", timeout=3)).seq > 0
     with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
         await js.publish(forbidden, b"{}", timeout=1)
     await nc.close()
+
+
+# ---------------------------------------------------------------- replies cannot reach Alur's streams (issue 17)
+
+
+async def _barrier(url: str, store: SecretStore, agency: str) -> None:
+    """A legitimate report after the attack: once it is stored, whatever the attack caused would be too."""
+    nc = await _agency(url, store, agency)
+    await nc.jetstream().publish(f"alur.report.{agency}", b'{"barrier": true}', timeout=5)
+    await nc.close()
+
+
+async def _stream_messages(url: str, store: SecretStore, stream: str) -> int:
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    count = (await admin.jetstream().stream_info(stream)).state.messages
+    await admin.close()
+    return count
+
+
+async def test_a_reply_subject_cannot_write_a_fact_into_cases(secure: tuple[str, SecretStore]) -> None:
+    url, store = secure
+    nc = await _agency(url, store, "polresta-banjarmasin")
+    await nc.publish("alur.report.polresta-banjarmasin", b"{}", reply="alur.case.registered.6371")
+    await nc.flush()
+    await _barrier(url, store, "polresta-banjarmasin")
+    assert await _stream_messages(url, store, "CASES") == 0, "the PubAck went to the agency's own namespace"
+    await nc.close()
+
+
+async def test_a_pull_reply_cannot_file_a_report_for_another_agency(
+    secure: tuple[str, SecretStore],
+) -> None:
+    url, store = secure
+    nc = await _agency(url, store, "polresta-banjarmasin")
+    await nc.publish("$JS.API.CONSUMER.MSG.NEXT.REFERRALS.agency-polresta-banjarmasin", b'{"batch": 1, "no_wait": true}',
+                     reply="alur.report.dinkes-banjarmasin")
+    await nc.flush()
+    await _barrier(url, store, "polresta-banjarmasin")
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    info = await admin.jetstream().stream_info("REPORTS", subjects_filter="alur.report.>")
+    assert set(info.state.subjects or {}) == {"alur.report.polresta-banjarmasin"}, "nothing filed under dinkes"
+    await admin.close()
+    await nc.close()
+
+
+async def test_a_pulled_referral_cannot_be_replied_into_reports(secure: tuple[str, SecretStore]) -> None:
+    url, store = secure
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    secret = "6371015507100003"
+    await admin.jetstream().publish("alur.referral.requested.polresta-banjarmasin",
+                                    json.dumps({"data": {"case": {"nik": secret}}}).encode(), timeout=5)
+    nc = await _agency(url, store, "polresta-banjarmasin")
+    await nc.publish("$JS.API.CONSUMER.MSG.NEXT.REFERRALS.agency-polresta-banjarmasin", b'{"batch": 1}',
+                     reply="alur.response.polresta-banjarmasin")
+    await nc.flush()
+    await _barrier(url, store, "polresta-banjarmasin")
+    reports = await admin.jetstream().stream_info("REPORTS", subjects_filter="alur.>")
+    assert "alur.response.polresta-banjarmasin" not in (reports.state.subjects or {}), "no referral copied in"
+    await admin.close()
+    await nc.close()
+
+
+@pytest.mark.parametrize("service", ["intake", "routing", "notify"])
+async def test_no_service_can_delete_or_purge_a_stream(secure: tuple[str, SecretStore], service: str) -> None:
+    url, store = secure
+    nc = await nats.connect(url, nkeys_seed_str=store.service_seed(service), inbox_prefix=f"_INBOX_{service}")
+    js = nc.jetstream(timeout=1)
+    for attempt in (js.delete_stream("REPORTS"), js.purge_stream("CASES"), js.delete_consumer("CASES", "routing")):
+        with pytest.raises((nats.errors.TimeoutError, TimeoutError)):
+            await attempt
+    await nc.close()
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    assert (await admin.jetstream().stream_info("REPORTS")).config.name == "REPORTS"
+    assert (await admin.jetstream().consumer_info("CASES", "routing")).name == "routing"
+    await admin.close()

@@ -1,6 +1,6 @@
 """Possible duplicates: the same victim reported by two agencies, found without identity leaving intake.
 
-Each case yields match keys, HMAC-SHA256 digests under a secret key (`ALUR_MATCH_KEY`), of the NIK
+Each case yields match keys, HMAC-SHA256 digests under a secret key (`ALUR_MATCH_KEY`, `Settings.match_key`), of the NIK
 and of pseudonym + age + regency. The service keeps key → case ids in KV and flags cases that share
 a key; nothing is ever merged, because a false match would mix two victims' records.
 """
@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 
 from contracts.events import Case
+from runtime.settings import MIN_MATCH_KEY_BYTES as MIN_KEY_BYTES
 
-MATCH_KEY_ENV = "ALUR_MATCH_KEY"
-MIN_KEY_BYTES = 16
 _NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 _CASE_ID = re.compile(r"case-[0-9a-f]{20}")
-
-
-def match_key_from_env(environ: Mapping[str, str] = os.environ) -> bytes:
-    """The matching secret from `ALUR_MATCH_KEY`; refuses a missing or short one rather than hash unkeyed."""
-    key = environ.get(MATCH_KEY_ENV, "").encode()
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"{MATCH_KEY_ENV} must be set to a secret of at least {MIN_KEY_BYTES} bytes")
-    return key
 
 
 def match_keys(case: Case, key: bytes) -> list[str]:

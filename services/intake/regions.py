@@ -1,121 +1,176 @@
-"""Early detection of vulnerable areas: cases by regency, exploitation type and recruitment modus, per month.
+"""Intake's early-warning consumer: counts each registered case into its regency's month and publishes
+`alur.region.flagged.<regency>` when that month rises past the six before it (`domain.regions.detect`).
 
-`count(case)` names the counters one case adds to (the service may keep them in KV); `report(...)`
-turns cases or counters into rows, leaving out every group smaller than `min_group` (DOMAIN.md:
-aggregate reports suppress groups smaller than 10). No row names a case or a victim.
+It reads CASES (`intake-regions`, its own facts) and keeps the counters in the `regions` bucket, one
+`RegionMonth` per regency and month, written with compare-and-set. A case is counted once, however often
+its registration is delivered or replayed (the month records a digest of each case counted), and a group
+flags once a month: the figures are those of the case that tripped it. Aggregates only, never a case id.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import timedelta, timezone
+import hashlib
+from collections.abc import Awaitable, Callable
 
-from contracts.events import Case
-from contracts.vocab import REGENCY_NAMES, Regency
+from nats.js import JetStreamContext
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
-MIN_GROUP = 10
-WITA = timezone(timedelta(hours=8), "WITA")
-"""Kalimantan Selatan time (UTC+8, no daylight saving): months are counted as the province sees them."""
+from contracts import subjects
+from contracts.buckets import Bucket
+from contracts.catalog import REGION_FLAGGED
+from contracts.envelope import CloudEvent, derived_id
+from contracts.events import Case, CaseEventData, RegionFlaggedData
+from contracts.records import RegionMonth
+from domain.regions import BASELINE_MONTHS, case_month, count, detect, month_shift
+from runtime.app import ServiceApp
+from runtime.bus import SafeError, publish
+from runtime.message import Message
 
-DIMENSION_ALL = "cases"
-DIMENSION_EXPLOITATION = "exploitation"
-DIMENSION_MODUS = "modus"
-ALL = "all"
-UNSPECIFIED = "unspecified"
-
-
-@dataclass(frozen=True, slots=True)
-class RegionRow:
-    """One group of the regions report: how many cases a regency had in a month, in one category."""
-
-    month: str
-    regency: str
-    regency_name: str
-    dimension: str
-    value: str
-    cases: int
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+SINCE_KEY = "since"
+CAS_ATTEMPTS = 10
 
 
-def count(case: Case) -> list[str]:
-    """The counter keys one case adds to: `<regency>.<dimension>.<value>.<YYYY-MM>`.
-
-    e.g. `6371.cases.all.2026-11`, `6371.exploitation.forced_labour.2026-11`,
-    `6371.modus.social_media_job_offer.2026-11`; the month is the registration month in WITA.
-    """
-    month = case.registered_at.astimezone(WITA).strftime("%Y-%m")
-    regency = case.regency.value
-    exploitation = [e.value for e in case.exploitation] or [UNSPECIFIED]
-    return [
-        f"{regency}.{DIMENSION_ALL}.{ALL}.{month}",
-        *(f"{regency}.{DIMENSION_EXPLOITATION}.{e}.{month}" for e in exploitation),
-        f"{regency}.{DIMENSION_MODUS}.{case.recruitment_modus.value}.{month}",
-    ]
+class CountConflict(SafeError):
+    """The regency's month kept changing under us; the redelivery counts again."""
 
 
-class RegionCounts:
-    """Counters keyed as `count` names them; built from cases or from stored counters."""
-
-    def __init__(self, counters: Mapping[str, int] | None = None) -> None:
-        self.counters: Counter[str] = Counter(dict(counters or {}))
-
-    @classmethod
-    def of(cls, cases: Iterable[Case]) -> RegionCounts:
-        counts = cls()
-        for case in cases:
-            counts.add(case)
-        return counts
-
-    def add(self, case: Case) -> None:
-        self.counters.update(count(case))
-
-    def rows(self, min_group: int = MIN_GROUP) -> list[RegionRow]:
-        """Groups of at least `min_group` cases, by month, regency, dimension and value."""
-        rows = [row for key, n in self.counters.items() if n >= min_group and (row := _row(key, n)) is not None]
-        return sorted(rows, key=lambda r: (r.month, r.regency, r.dimension != DIMENSION_ALL, r.dimension, r.value))
+def case_digest(case_id: str) -> str:
+    """What a month records of a case it counted: enough to know it again, not its id."""
+    return hashlib.sha256(case_id.encode()).hexdigest()[:16]
 
 
-def report(source: Iterable[Case] | Mapping[str, int], min_group: int = MIN_GROUP) -> list[RegionRow]:
-    """The rows of `alur report regions` from cases or from counters, small groups suppressed."""
-    counts = RegionCounts(source) if isinstance(source, Mapping) else RegionCounts.of(source)
-    return counts.rows(min_group)
+def month_key(regency: str, month: str) -> str:
+    return f"{regency}.{month}"
 
 
-def _row(key: str, cases: int) -> RegionRow | None:
-    parts = key.split(".")
-    if len(parts) != 4:
-        return None
-    code, dimension, value, month = parts
-    try:
-        regency = Regency(code)
-    except ValueError:
-        return None
-    return RegionRow(
-        month=month,
-        regency=regency.value,
-        regency_name=REGENCY_NAMES[regency],
-        dimension=dimension,
-        value=value,
-        cases=cases,
+def counted(record: RegionMonth, case: Case) -> RegionMonth:
+    """`record` with `case` counted in (unchanged when it already was)."""
+    digest = case_digest(case.case_id)
+    if digest in record.seen:
+        return record
+    counts = dict(record.counts)
+    for key in count(case):
+        group = key.split(".", 1)[1].rsplit(".", 1)[0]  # <dimension>.<value>
+        counts[group] = counts.get(group, 0) + 1
+    return record.model_copy(update={"counts": counts, "seen": [*record.seen, digest]})
+
+
+def counters(records: list[RegionMonth]) -> dict[str, int]:
+    """Month records as the detector's counters (`<regency>.<dimension>.<value>.<YYYY-MM>`)."""
+    return {f"{r.regency.value}.{group}.{r.month}": n for r in records for group, n in r.counts.items()}
+
+
+def flag_event(flag: RegionFlaggedData) -> CloudEvent[RegionFlaggedData]:
+    """The flag as an event; its id is the group's month, so a group flags once a month."""
+    return CloudEvent[RegionFlaggedData].build(
+        type=REGION_FLAGGED, source="intake", subject=flag.regency.value, data=flag,
+        id=derived_id("region-flagged", flag.regency.value, flag.month, flag.dimension, flag.value),
     )
 
 
-def regions_report(cases: Iterable[Case | Mapping[str, object]], min_group: int = MIN_GROUP) -> list[dict[str, object]]:
-    """`alur report regions`: rows (as dicts) from registered cases as CASES holds them, small groups suppressed.
-
-    A record that is not a valid case (an older or foreign shape) is left out rather than failing the report.
-    """
-    valid: list[Case] = []
-    for case in cases:
-        if isinstance(case, Case):
-            valid.append(case)
-            continue
+async def _update(kv: KeyValue, key: str, change: Callable[[RegionMonth | None], RegionMonth],
+                  ) -> RegionMonth:
+    """Apply `change` to the record under `key` with compare-and-set; the record as stored after."""
+    for _ in range(CAS_ATTEMPTS):
         try:
-            valid.append(Case.model_validate(case))
-        except ValueError:
+            entry = await kv.get(key)
+            current = RegionMonth.model_validate_json(entry.value or b"{}")
+            new = change(current)
+            if new != current:
+                await kv.update(key, new.model_dump_json().encode(), last=entry.revision)
+            return new
+        except KeyNotFoundError:
+            new = change(None)
+            try:
+                await kv.create(key, new.model_dump_json().encode())
+                return new
+            except KeyWrongLastSequenceError:
+                continue
+        except KeyWrongLastSequenceError:
             continue
-    return [row.as_dict() for row in report(valid, min_group=min_group)]
+    raise CountConflict(f"regions record {key} kept changing")
+
+
+async def _since(kv: KeyValue, month: str) -> str:
+    """The first month counted (kept under `since`): months before it are unknown, not zero."""
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            entry = await kv.get(SINCE_KEY)
+            since = (entry.value or b"").decode()
+            if since and since <= month:
+                return since
+            await kv.update(SINCE_KEY, month.encode(), last=entry.revision)
+            return month
+        except KeyNotFoundError:
+            try:
+                await kv.create(SINCE_KEY, month.encode())
+                return month
+            except KeyWrongLastSequenceError:
+                continue
+        except KeyWrongLastSequenceError:
+            continue
+    raise CountConflict("regions `since` kept changing")
+
+
+async def _month(kv: KeyValue, regency: str, month: str) -> RegionMonth | None:
+    try:
+        entry = await kv.get(month_key(regency, month))
+    except KeyNotFoundError:
+        return None
+    return RegionMonth.model_validate_json(entry.value) if entry.value else None
+
+
+async def tally(js: JetStreamContext, case: Case,
+                say: Callable[[RegionFlaggedData], Awaitable[None]]) -> list[RegionFlaggedData]:
+    """Count `case` into its regency's month, judge that month, and `say` each flag not said before.
+
+    A flag is recorded as said only after `say` returned, so a crash in between says it again (the
+    event id makes JetStream drop the repeat)."""
+    kv = await js.key_value(Bucket.REGIONS)
+    regency, month = case.regency.value, case_month(case)
+    key = month_key(regency, month)
+    record = await _update(kv, key, lambda r: counted(r or RegionMonth(regency=case.regency, month=month), case))
+    since = await _since(kv, month)
+    months = [month_shift(month, -k) for k in range(BASELINE_MONTHS, 0, -1)]
+    history = [r for m in months if (r := await _month(kv, regency, m)) is not None]
+    flags = detect(counters([*history, record]), since=since, months=[month], regencies=[regency])
+    new = [f for f in flags if f"{f.dimension}.{f.value}" not in record.flagged]
+    for flag in new:
+        await say(flag)
+    if new:
+        groups = [f"{f.dimension}.{f.value}" for f in new]
+        await _update(kv, key, lambda r: (r or record).model_copy(
+            update={"flagged": sorted({*(r or record).flagged, *groups})}))
+    return new
+
+
+class RegionWatch:
+    """The `intake-regions` consumer of one intake instance."""
+
+    def __init__(self, app: ServiceApp) -> None:
+        self.app = app
+        self.log = app.log
+
+    def register(self) -> None:
+        self.app.subscriber("intake-regions", batch_size=1)(self.on_case)
+        self.app.states(subjects.region_flagged(subjects.REGENCY_PARAM), REGION_FLAGGED, "A regency's month "
+                        "rose past its own baseline (early warning); aggregates only, never a case id.")
+
+    async def on_case(self, msg: Message) -> None:
+        """Count one `alur.case.registered.<regency>` (intake's own fact); a body that is not a case event is
+        skipped and logged."""
+        try:
+            case = CloudEvent[CaseEventData].model_validate_json(msg.raw_message.data).data.case
+        except ValidationError:
+            self.log.warning("region count skipped a message that is not a case event",
+                             stream_seq=msg.raw_message.metadata.sequence.stream)
+            return
+        await tally(self.app.js, case, self._say)
+
+    async def _say(self, flag: RegionFlaggedData) -> None:
+        ack = await publish(self.app.js, subjects.region_flagged(flag.regency), flag_event(flag))
+        self.log.warning("region flagged", regency=flag.regency.value, month=flag.month,
+                         dimension=flag.dimension, value=flag.value, cases=flag.cases,
+                         upper_bound=flag.upper_bound, duplicate=bool(ack.duplicate))

@@ -23,8 +23,7 @@ from datetime import datetime, timedelta
 
 from contracts.events import EscalationData
 from contracts.vocab import ReferralStatus
-from services.notify.lifecycle import POST_ACCEPTANCE
-from services.notify.policy import Action, Ladder, Recipient
+from domain.escalation_policy import POST_ACCEPTANCE, Action, Ladder, Recipient
 from services.notify.state import ReferralState, Timer, apply, record_escalation
 
 __all__ = ["Deadline", "EscalationStep", "Timer", "arm", "deadlines", "next_timer", "on_fire", "overdue_by"]
@@ -122,6 +121,7 @@ def next_timer(state: ReferralState, now: datetime) -> Timer | None:
         fire_at=max(slot, now),
         due=deadline.due,
         generation=state.escalation.generation,
+        agency=state.agency,
     )
 
 

@@ -1,47 +1,55 @@
-"""Agency responses, over NATS or `POST /v1/referrals/{referral_id}/responses`: checked, then recorded or refused."""
+"""Agency responses, over NATS or `POST /v1/referrals/{referral_id}/responses`: one path, one check.
+
+Both doors end in `alur.response.<agency>` on REPORTS (stored before anything else happens), and the
+`notify-responses` consumer alone decides: `lifecycle.check_response` once per attempt, then
+`state.enact`. The HTTP door (`runtime.answers`, shared with the board's inbox) waits for that decision
+(the consumer answers on the door's own inbox) and says what became of the answer; it never reports an answer as recorded that was not: an answer whose
+state could not be saved is answered `failed` (503, retried by the consumer), never 202.
+
+A referral the sender does not hold gets the same answer whether it exists or not (`lifecycle.not_held`):
+the holder is never named.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
 from typing import Any
 
-from faststream.exceptions import NackMessage
-from faststream.nats import NatsMessage
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
-from alur.bus import publish, publish_raw
-from alur.service import Request, Response
 from contracts import subjects
+from contracts.catalog import RESPONSE_REFUSED
 from contracts.envelope import CloudEvent, derived_id
 from contracts.events import ResponseData, ResponseRefusedData
-from contracts.vocab import ReferralStatus
-from services.intake.reasons import reasons_from
-from services.notify.lifecycle import check_transition, validate_response
-from services.notify.service import log, registry, service
-from services.notify.state import TransitionRefused
-from services.notify.store import load_or_rebuild, transition
+from domain.jsonbody import BodyRefused, load_json
+from domain.lifecycle import Refusal, Transition, check_response, not_held
+from domain.reasons import reasons_from
+from runtime.answers import REPLY_HEADER, Verdict, carry
+from runtime.app import MAX_BODY, read_body
+from runtime.bus import publish
+from runtime.message import Message
+from runtime.security import response_inbox
+from services.notify.context import NotifyContext
+from services.notify.escalation import arm
+from services.notify.state import MAX_PROGRESS_NOTES, ReferralState, enact, note_limit
+from services.notify.store import ReferralStore
 
-UNKNOWN_REFERRAL_RETRIES = 5
 
+class Refused(Exception):
+    """Raised inside a state change to refuse an answer (the state stays as it was)."""
 
-async def _refuse(sender: str, code: str, reason: str, *, referral_id: str | None, status: str | None, key: str) -> None:
-    """Tell the sender why its response was not recorded (`response_refused`, once per response)."""
-    data = ResponseRefusedData(referral_id=referral_id, agency=sender, status=status, reason=reason, code=code)  # type: ignore[arg-type]
-    event = CloudEvent[ResponseRefusedData].build(
-        type="alur.referral.response_refused.v1", source="alur/notify", subject=referral_id, data=data,
-        id=derived_id("response.refused", key),
-    )
-    await publish(service.js, subjects.referral("response_refused", sender), event)
-    service.count("response_refused")
-    log.warning("response refused", agency=sender, referral_id=referral_id, code=code, reason=reason)
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
 
 
 def parse_response(raw: bytes) -> tuple[str | None, ResponseData | None, str | None]:
     """(event id, response, problem): the `data` of a response CloudEvent, or why it cannot be read."""
-    try:
-        event = json.loads(raw)
-    except ValueError:
-        return None, None, "body is not JSON"
+    event = load_json(raw, max_bytes=MAX_BODY)  # bounded before decoding: deep nesting is a reason, not a crash
+    if isinstance(event, BodyRefused):
+        return None, None, event.reason
     if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
         return None, None, "body is not a CloudEvent with a `data` object"
     event_id = event.get("id") if isinstance(event.get("id"), str) else None
@@ -51,78 +59,100 @@ def parse_response(raw: bytes) -> tuple[str | None, ResponseData | None, str | N
         return event_id, None, "; ".join(reasons_from(exc))
 
 
-# One response at a time, in stream order: FastStream runs a fetched batch concurrently, and an agency's
-# `accepted` must be recorded before its `completed`.
-@service.subscriber("notify-responses", batch_size=1)
-async def on_response(msg: NatsMessage) -> None:
-    """Check an agency's answer (sender, transition, reason) and record it, or refuse it with the reason."""
-    raw = msg.raw_message
-    sender = subjects.parse(raw.subject).key
-    event_id, response, problem = parse_response(raw.data)
-    key = f"{sender}:{event_id or raw.metadata.sequence.stream}"
-    if response is None:
-        await _refuse(sender, "bad_body", problem or "unreadable", referral_id=None, status=None, key=key)
-        return
-    loaded = await load_or_rebuild(response.referral_id)
-    if loaded is None:
-        if raw.metadata.num_delivered < UNKNOWN_REFERRAL_RETRIES:
-            raise NackMessage(delay=max(0.2, 2.0 * service.settings.sla_scale))
-        await _refuse(sender, "unknown_referral", f"no referral {response.referral_id} is known",
-                      referral_id=response.referral_id, status=response.status.value, key=key)
-        return
-    state = loaded[0]
-    refusal = validate_response(response, state.status, sender=sender, holder=state.agency)
-    if refusal is not None:
-        await _refuse(sender, refusal.code, refusal.reason, referral_id=response.referral_id,
-                      status=response.status.value, key=key)
-        return
-    try:
-        moved = await transition(response.referral_id, ReferralStatus(response.status.value), "agency",
-                                 reason=response.reason, note=response.note, redirect_to=response.redirect_to)
-    except TransitionRefused as exc:
-        await _refuse(sender, "impossible_transition", exc.transition.reason, referral_id=response.referral_id,
-                      status=response.status.value, key=key)
-        return
-    if moved is None:
-        log.info("duplicate response ignored", referral_id=response.referral_id, status=response.status.value)
+class Responses:
+    """The agencies' answers: the consumer that records or refuses them, and the HTTP door."""
 
+    def __init__(self, ctx: NotifyContext, store: ReferralStore) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.log = ctx.log
+        self.replies = response_inbox(ctx.app.name) + "."
+        doors = ctx.app.topology.services[ctx.app.name].answers
+        self.doors = (self.replies, *(response_inbox(door) + "." for door in doors))
+        """The inboxes a decision may be told to: this door's own, and those of the services it answers."""
+        self.max_notes = ctx.app.settings.max_progress_notes or MAX_PROGRESS_NOTES
 
-@service.route("POST", "/v1/referrals/{referral_id}/responses")
-async def post_response(request: Request) -> Response:
-    """An agency's answer over HTTP: checked now (401/403/404/409/422), stored in REPORTS, then recorded."""
-    assert service.credentials is not None
-    token = request.bearer
-    sender = await service.credentials.agency_for_token(token, registry()) if token else None
-    if sender is None:
-        return Response(401, {"error": "missing or unknown bearer token"})
-    referral_id = request.params["referral_id"]
-    try:
-        body = json.loads(request.body)
-    except ValueError:
-        return Response(400, {"error": "body is not JSON"})
-    if not isinstance(body, dict):
-        return Response(422, {"reasons": ["body: must be a JSON object"]})
-    if body.get("referral_id", referral_id) != referral_id:
-        return Response(422, {"reasons": ["referral_id: differs from the referral in the path"]})
-    try:
-        response = ResponseData.model_validate({**body, "referral_id": referral_id})
-    except ValidationError as exc:
-        return Response(422, {"reasons": reasons_from(exc, ())})
-    loaded = await load_or_rebuild(referral_id)
-    if loaded is None:
-        return Response(404, {"error": f"no referral {referral_id}"})
-    state = loaded[0]
-    refusal = validate_response(response, state.status, sender=sender, holder=state.agency)
-    if refusal is not None:
-        status = {"wrong_agency": 403, "impossible_transition": 409}.get(refusal.code, 422)
-        return Response(status, {"error": refusal.reason, "code": refusal.code})
-    verdict = check_transition(state.status, ReferralStatus(response.status.value), "agency")
-    if verdict.refused:
-        return Response(409, {"error": verdict.reason, "code": "impossible_transition"})
-    event = CloudEvent[dict[str, Any]].build(
-        type="alur.referral.response.v1", source=sender, subject=referral_id,
-        data=response.model_dump(mode="json", exclude_none=True),
-    )
-    await publish_raw(service.js, subjects.response(sender), event.to_bytes(), msg_id=event.id)
-    return Response(202, {"accepted": True, "referral_id": referral_id, "status": response.status.value,
-                          "duplicate": verdict.duplicate, "event_id": event.id})
+    def register(self) -> None:
+        # One response at a time, in stream order, in this process (FastStream runs a fetched batch
+        # concurrently) and across instances (the consumer's max_ack_pending is 1, deploy/topology.yaml).
+        self.ctx.app.subscriber("notify-responses", batch_size=1)(self.on_response)
+        self.ctx.app.route("/v1/referrals/{referral_id}/responses")(self.post_response)
+
+    async def _refuse(self, sender: str, refusal: Refusal, *, referral_id: str | None, status: str | None,
+                      key: str, response_id: str | None) -> None:
+        """Tell the sender why its response was not recorded (`response_refused`, once per response)."""
+        data = ResponseRefusedData(referral_id=referral_id, agency=sender, status=status, reason=refusal.reason,
+                                   code=refusal.code, response_id=response_id)  # type: ignore[arg-type]
+        event = CloudEvent[ResponseRefusedData].build(
+            type=RESPONSE_REFUSED, source="alur/notify", subject=referral_id, data=data,
+            id=derived_id("response.refused", key),
+        )
+        await publish(self.ctx.js, subjects.referral("response_refused", sender), event)
+        self.log.warning("response refused", agency=sender, referral_id=referral_id, code=refusal.code,
+                         reason=refusal.reason)
+
+    async def on_response(self, msg: Message) -> None:
+        """Check an agency's answer (sender, transition, reason) and record it, or refuse it with the reason."""
+        raw = msg.raw_message
+        try:
+            outcome = await self._answer(raw)
+        except Exception as exc:
+            # Not recorded (the state could not be saved, the broker is away): the waiting door hears so at
+            # once, and the middleware retries the answer, then dead-letters it, as for any failure.
+            await self._reply(raw, Verdict("failed", reason=f"not recorded yet ({type(exc).__name__})"))
+            raise
+        await self._reply(raw, outcome)
+
+    async def _reply(self, raw: Any, outcome: Verdict) -> None:
+        reply_to = (raw.headers or {}).get(REPLY_HEADER, "")
+        if reply_to.startswith(self.doors):
+            with contextlib.suppress(Exception):  # the door may be gone; the outcome is on REFERRALS anyway
+                await self.ctx.app.broker.connection.publish(reply_to, outcome.to_bytes())
+
+    async def _answer(self, raw: Any) -> Verdict:
+        sender = subjects.parse(raw.subject).key
+        event_id, response, problem = parse_response(raw.data)
+        key = f"{sender}:{event_id or raw.metadata.sequence.stream}"
+        if response is None:
+            refusal = Refusal("bad_body", problem or "unreadable")
+            await self._refuse(sender, refusal, referral_id=None, status=None, key=key, response_id=event_id)
+            return Verdict("refused", code=refusal.code, reason=refusal.reason)
+        status = response.status.value
+        verdicts: list[Transition] = []
+        now = self.ctx.now()
+
+        agencies = {a.id for a in self.ctx.registry().agencies.values() if a.enabled}
+
+        def decide(state: ReferralState) -> ReferralState:
+            checked = check_response(response, state.status, sender=sender, holder=state.agency, agencies=agencies)
+            if isinstance(checked, Refusal):
+                raise Refused(checked)
+            if full := note_limit(state, checked, response.reason, response.note, self.max_notes):
+                raise Refused(Refusal("note_limit", full))
+            verdicts.append(checked)
+            moved = enact(state, checked, at=now, reason=response.reason, note=response.note,
+                          redirect_to=response.redirect_to)
+            return arm(moved, now) if moved is not state else state
+
+        try:
+            moved = await self.store.update(response.referral_id, decide, holder=sender)
+        except Refused as refused:
+            await self._refuse(sender, refused.refusal, referral_id=response.referral_id, status=status, key=key,
+                               response_id=event_id)
+            return Verdict("refused", status=status, code=refused.refusal.code, reason=refused.refusal.reason)
+        if moved is not None:
+            await self.store.commit(moved, response_id=event_id)
+            return Verdict("applied", status=status)
+        if not verdicts:
+            refusal = not_held(response.referral_id, sender)
+            await self._refuse(sender, refusal, referral_id=response.referral_id, status=status, key=key,
+                               response_id=event_id)
+            return Verdict("refused", status=status, code=refusal.code, reason=refusal.reason)
+        self.log.info("duplicate response ignored", referral_id=response.referral_id, status=status)
+        return Verdict("duplicate", status=status)
+
+    async def post_response(self, request: Request) -> Response:
+        """An agency's answer over HTTP: stored in REPORTS, decided by the consumer, answered with what it decided."""
+        sender = await self.ctx.app.caller(request)  # 401 / 429 before the body is read
+        return await carry(self.ctx.app.broker.connection, self.ctx.js, response_inbox(self.ctx.app.name), sender,
+                           request.path_params["referral_id"], await read_body(request))

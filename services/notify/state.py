@@ -6,6 +6,13 @@ Every change goes through a function here (`apply`, `record_attempt`, `record_es
 older generation is stale. These functions never plan timers; after any change the caller re-arms with
 `escalation.arm(state, now)` (kept there so this module does not depend on the planner).
 `fold` rebuilds the state from the REFERRALS events of one referral when KV is lost.
+
+A state always fits in one KV value: attempts are capped (`MAX_ATTEMPTS_KEPT`), an agency may add at most
+`MAX_PROGRESS_NOTES` progress notes (`note_limit` says when it may not: the answer is refused, never
+dropped), and the history kept in KV is compacted to `HISTORY_BUDGET` bytes: the first entry, the last
+entry of each status (what the escalation clocks read) and as many of the newest as fit. Status changes
+are always recorded; what compaction drops from the working copy stays in REFERRALS, where every status
+and note was published as a fact.
 """
 
 from __future__ import annotations
@@ -16,38 +23,36 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from contracts.events import EscalationData, ReferralRequestedData, ReferralStatusData
-from contracts.vocab import AgencyType, Channel, Priority, ReferralStatus, Service
-from services.notify.lifecycle import (
-    POST_ACCEPTANCE,
+from contracts.events import (
     Actor,
-    Transition,
-    Verdict,
-    check_transition,
-    reason_problem,
+    EscalationData,
+    HistoryEntry,
+    Outcome,
+    ReferralRequestedData,
+    ReferralStatusData,
 )
-from services.notify.policy import EscalationPolicy, Ladder
+from contracts.records import ReferralRecord
+from contracts.vocab import Channel, ReferralStatus
+from domain.escalation_policy import POST_ACCEPTANCE, EscalationPolicy, Ladder
+from domain.lifecycle import Transition, checked
 
 MAX_ATTEMPTS_KEPT = 100
+MAX_PROGRESS_NOTES = 100
+"""Progress notes (an open status repeated with a new note) one referral takes; settings may lower it."""
+HISTORY_BUDGET = 256 * 1024
+"""Bytes of history (as JSON) a state keeps beyond its pinned entries; see `compact`."""
 
 AttemptOutcome = Literal["delivered", "failed", "gone", "refused", "circuit_open"]
+NoticeOutcome = Literal["sent", "retry", "bounced", "given_up"]
+"""An email notice attempt: sent; failed for now (retried); refused for good by the recipient's server;
+failed until the retry schedule ran out. All but `retry` are final for that event and recipient."""
+FINAL_NOTICE_OUTCOMES: frozenset[str] = frozenset({"sent", "bounced", "given_up"})
 
 
 class _Record(BaseModel):
     """Stored records read back tolerantly, so a newer notify's extra fields never break an older one."""
 
     model_config = ConfigDict(extra="ignore")
-
-
-class HistoryEntry(_Record):
-    """One recorded status (or, with the status unchanged, one progress note from the agency)."""
-
-    status: ReferralStatus
-    at: AwareDatetime
-    actor: Actor
-    reason: str | None = None
-    note: str | None = None
-    redirect_to: str | None = None
 
 
 class DeliveryAttempt(_Record):
@@ -63,8 +68,18 @@ class DeliveryAttempt(_Record):
     duration_ms: float | None = None
 
 
-class Outcome(HistoryEntry):
-    """How the referral closed (its terminal history entry), for the coordinator's closed loop."""
+class NoticeAttempt(_Record):
+    """One try to mail an agency a notice of one event (`services.notify.notices`): never the address or
+    the message, only who it was for, what came of it and the SMTP reply code."""
+
+    at: AwareDatetime
+    event_id: str
+    recipient: str
+    """The agency id the notice was for."""
+    attempt: int = Field(ge=1)
+    outcome: NoticeOutcome
+    smtp_code: int | None = None
+    error_class: str | None = None
 
 
 class Progress(_Record):
@@ -95,6 +110,8 @@ class Timer(BaseModel):
     fire_at: AwareDatetime
     due: AwareDatetime
     generation: int = Field(ge=0)
+    agency: str | None = None
+    """The agency holding the referral: where to rebuild the state from if KV lost it."""
 
     @property
     def token(self) -> str:
@@ -112,26 +129,22 @@ class EscalationTrack(_Record):
     timer: Timer | None = None
 
 
-class ReferralState(_Record):
-    """Notify's record of one referral."""
+class ReferralState(ReferralRecord):
+    """Notify's record of one referral: what others may read (`ReferralRecord`), plus delivery and escalation."""
 
-    referral_id: str
-    case_id: str
-    agency: str
-    agency_type: AgencyType
-    service: Service
-    priority: Priority
-    status: ReferralStatus
-    requested_at: AwareDatetime
-    due: AwareDatetime
-    sla_hours: float | None = None
-    statutory_clock: str | None = None
-    replaces: str | None = None
-    history: list[HistoryEntry]
     attempts: list[DeliveryAttempt] = Field(default_factory=list)
+    notices: list[NoticeAttempt] = Field(default_factory=list)
+    """Email notice attempts, per event and recipient agency (`record_notice`)."""
     escalation: EscalationTrack
-    outcome: Outcome | None = None
-    version: int = 1
+    progress_notes: int = Field(default=0, ge=0)
+    """Progress notes recorded so far (compaction does not lower it)."""
+    compacted: int = Field(default=0, ge=0)
+    """History entries dropped from this working copy by `compact` (they stay in REFERRALS)."""
+
+    @property
+    def steps(self) -> int:
+        """History entries ever recorded: numbers each fact, whatever compaction dropped."""
+        return self.compacted + len(self.history)
 
     def entered(self, status: ReferralStatus) -> datetime | None:
         """When the referral last entered `status`, if it did."""
@@ -145,6 +158,38 @@ class ReferralState(_Record):
     def last_agency_word(self) -> datetime | None:
         """When the agency last said anything (a status or a progress note)."""
         return next((h.at for h in reversed(self.history) if h.actor == "agency"), None)
+
+    def notice_attempts(self, event_id: str, recipient: str) -> list[NoticeAttempt]:
+        """The recorded attempts to mail `recipient` the notice of event `event_id`, oldest first."""
+        return [n for n in self.notices if n.event_id == event_id and n.recipient == recipient]
+
+    def notice_settled(self, event_id: str, recipient: str) -> bool:
+        """Whether that notice needs no further attempt: it was sent, bounced or given up."""
+        return any(n.outcome in FINAL_NOTICE_OUTCOMES for n in self.notice_attempts(event_id, recipient))
+
+
+class Mark(_Record):
+    """A history entry as a glance reads it: which status, and when."""
+
+    status: ReferralStatus
+    at: AwareDatetime
+
+
+class TimerGlance(_Record):
+    """The escalation track as a glance reads it: only the armed timer."""
+
+    timer: Timer | None = None
+
+
+class StateGlance(_Record):
+    """The few fields of a stored `ReferralState` that tell whether it may need the auditor (its status, when
+    its history last moved, its armed timer): parsed from the same bytes at a fraction of the full state's
+    cost, which carries the whole policy snapshot."""
+
+    referral_id: str
+    status: ReferralStatus
+    history: list[Mark]
+    escalation: TimerGlance
 
 
 class TransitionRefused(ValueError):
@@ -210,6 +255,43 @@ def _changed(state: ReferralState, **update: object) -> ReferralState:
     return state.model_copy(update={**update, "escalation": escalation, "version": state.version + 1})
 
 
+def compact(history: list[HistoryEntry], budget: int = HISTORY_BUDGET) -> list[HistoryEntry]:
+    """`history` within `budget` bytes: the first entry and the last entry of each status always (what
+    `entered`, `reached` and the clocks read), then the newest entries while they fit."""
+    sizes = [len(entry.model_dump_json()) for entry in history]
+    if sum(sizes) <= budget:
+        return history
+    last_of_status = {entry.status: i for i, entry in enumerate(history)}
+    keep = {0, *last_of_status.values()}
+    used = 0
+    for i in range(len(history) - 1, -1, -1):
+        if i in keep:
+            continue
+        if used + sizes[i] > budget:
+            break
+        keep.add(i)
+        used += sizes[i]
+    return [entry for i, entry in enumerate(history) if i in keep]
+
+
+def _appended(state: ReferralState, entry: HistoryEntry) -> dict[str, object]:
+    """The update that records `entry`: history compacted, the count of dropped entries carried on."""
+    history = [*state.history, entry]
+    kept = compact(history)
+    return {"history": kept, "compacted": state.compacted + len(history) - len(kept)}
+
+
+def note_limit(state: ReferralState, transition: Transition, reason: str | None, note: str | None,
+               limit: int = MAX_PROGRESS_NOTES) -> str | None:
+    """Why a checked answer may not be recorded as one more progress note, or None (not a note, or room)."""
+    if not transition.duplicate or transition.new is not state.status:
+        return None
+    if not _is_progress_note(state, transition.actor, reason, note) or state.progress_notes < limit:
+        return None
+    return (f"referral {state.referral_id} already has {state.progress_notes} progress notes, the most it keeps; "
+            "a status change (in_progress, on_hold, completed, not_delivered) is still recorded")
+
+
 def _is_progress_note(state: ReferralState, actor: Actor, reason: str | None, note: str | None) -> bool:
     last = state.history[-1]
     return (
@@ -232,32 +314,59 @@ def apply(
 ) -> ReferralState:
     """`state` moved to `new_status` by `actor` at `at`; raises `TransitionRefused` when not allowed.
 
+    `lifecycle.checked` decides, `enact` records; a caller that has already checked (an agency's answer,
+    through `lifecycle.check_response`) calls `enact` with that verdict instead.
+    """
+    transition = checked(state.status, new_status, actor, reason, note, redirect_to)
+    if transition.refused:
+        raise TransitionRefused(transition)
+    return enact(state, transition, at=at, reason=reason, note=note, redirect_to=redirect_to)
+
+
+def enact(
+    state: ReferralState,
+    transition: Transition,
+    *,
+    at: datetime,
+    reason: str | None = None,
+    note: str | None = None,
+    redirect_to: str | None = None,
+) -> ReferralState:
+    """Record an already checked, not refused `transition` of `state`.
+
     A duplicate returns `state` itself (compare `version`), except an agency repeating an open
     post-acceptance status with a new reason or note: that is a progress note, recorded, and it
     restarts the progress-update clock.
     """
-    transition = check_transition(state.status, new_status, actor)
-    if transition.refused:
-        raise TransitionRefused(transition)
+    assert not transition.refused and transition.current is state.status, "enact only what was checked against it"
+    new_status, actor = transition.new, transition.actor
     entry = HistoryEntry(status=new_status, at=at, actor=actor, reason=reason, note=note, redirect_to=redirect_to)
     if transition.duplicate:
         if new_status is state.status and _is_progress_note(state, actor, reason, note):
-            return _changed(state, history=[*state.history, entry])
+            return _changed(state, **_appended(state, entry), progress_notes=state.progress_notes + 1)
         return state
-    if problem := reason_problem(new_status, reason, note, redirect_to):
-        raise TransitionRefused(Transition(state.status, new_status, actor, Verdict.REFUSED, problem))
     outcome = (
         Outcome(status=new_status, at=at, actor=actor, reason=reason, note=note, redirect_to=redirect_to)
         if new_status.terminal
         else None
     )
-    return _changed(state, status=new_status, history=[*state.history, entry], outcome=outcome)
+    return _changed(state, status=new_status, **_appended(state, entry), outcome=outcome)
 
 
 def record_attempt(state: ReferralState, attempt: DeliveryAttempt) -> ReferralState:
     """`state` with one more delivery attempt (the oldest dropped past `MAX_ATTEMPTS_KEPT`)."""
     attempts = [*state.attempts, attempt][-MAX_ATTEMPTS_KEPT:]
     return state.model_copy(update={"attempts": attempts, "version": state.version + 1})
+
+
+def record_notice(state: ReferralState, attempt: NoticeAttempt) -> ReferralState:
+    """`state` with one more email notice attempt (the oldest dropped past `MAX_ATTEMPTS_KEPT`, the final
+    outcomes kept before the retries: they are what keeps a notice from going out twice)."""
+    notices = [*state.notices, attempt]
+    while len(notices) > MAX_ATTEMPTS_KEPT:
+        drop = next((i for i, n in enumerate(notices) if n.outcome == "retry"), 0)
+        del notices[drop]
+    return state.model_copy(update={"notices": notices, "version": state.version + 1})
 
 
 def record_escalation(state: ReferralState, purpose: str, level: int, due: datetime) -> ReferralState:
@@ -290,7 +399,7 @@ def fold(events: Iterable[ReferralEvent], policy: EscalationPolicy) -> ReferralS
     first = next(stream, None)
     if not isinstance(first, ReferralRequestedData):
         raise ValueError("fold needs the referral's requested event first")
-    start = first.requested_at or first.due - policy.scaled(policy.ack.within[first.priority])
+    start = first.requested_at or first.due
     state = new_state(first, policy, start)
     for event in stream:
         if isinstance(event, ReferralStatusData):

@@ -6,13 +6,24 @@ except 410 Gone (the endpoint is withdrawn: disable it and tell the coordinator)
 answering 401 after a secret rotation or 404 during a redeploy is fixed by a person within days, and a
 referral for a victim must not be dropped at the first 4xx. Such client errors set `needs_coordinator`
 so a person hears about them at once instead of after the last retry. 3xx is a failure (no redirects).
+
+One attempt can hold nothing for long and little in memory: it has an overall deadline (`ATTEMPT_DEADLINE`,
+resolution, connection, request and answer together; a per-read timeout alone lets a server dripping a
+byte every few seconds hold it for ever), and of the answer only the status, the headers and at most
+`MAX_ANSWER_BYTES` of the body are read (a huge body is not drained: the connection is closed instead).
+The destination is checked by `contracts.destinations` on every address the host resolves to, and the
+request goes to the address that was checked, the URL's host kept for `Host` and for TLS (SNI and
+certificate verification), so a name that resolves elsewhere on a second lookup cannot slip through.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -22,7 +33,8 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from alur.registry import LOOPBACK_HOSTS, Agency
+from contracts.destinations import ALUR_HTTP_PORTS, resolved_problem
+from contracts.records import LOOPBACK_HOSTS, Agency
 from contracts.vocab import Channel
 from services.notify.state import AttemptOutcome, DeliveryAttempt
 
@@ -49,6 +61,15 @@ MAX_RETRY_AFTER = 24 * 3600.0
 """A server's Retry-After is honoured up to a day, so one bad header cannot park a referral for a year."""
 
 REQUEST_TIMEOUT = 15.0
+"""Seconds for each connect, write or read of an attempt (httpx's per-operation timeouts)."""
+ATTEMPT_DEADLINE = 20.0
+"""Seconds one whole attempt may take, from resolving the host to the status line: a real deadline, not
+scaled by `ALUR_SLA_SCALE` (it bounds how long an endpoint holds a delivery slot, not a referral's clock)."""
+ANSWER_READ_GRACE = 2.0
+"""Seconds spent reading the answer's body once the status is in: it is read only so a short body can
+leave the connection reusable."""
+MAX_ANSWER_BYTES = 4096
+"""Bytes of the answer's body read at most; the rest is never read (the connection is closed)."""
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 425, 429})
 
 
@@ -116,6 +137,48 @@ def transport_problem(agency: Agency) -> str | None:
             return None
         return f"plain http to {parts.hostname} is refused for agency {agency.id}; use https"
     return f"agency {agency.id} webhook url is not an http(s) URL"
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""`(host, port) -> the addresses it resolves to now`."""
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (system resolver, TCP), in the resolver's order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """Where one attempt connects: the URL with the checked address for its host, the `Host` header, and
+    for https the name TLS must present and verify (SNI)."""
+
+    url: httpx.URL
+    host_header: str
+    sni_hostname: str | None
+
+    @property
+    def extensions(self) -> dict[str, str]:
+        return {"sni_hostname": self.sni_hostname} if self.sni_hostname else {}
+
+
+async def pin(
+    agency: Agency, resolver: Resolver = resolve, own_ports: frozenset[int] = ALUR_HTTP_PORTS
+) -> Pinned | str:
+    """Resolve the agency's webhook host once and check every address: the pinned target, or why it is
+    refused. A resolver failure raises `OSError` (a transport failure, retried)."""
+    assert agency.url is not None
+    url = httpx.URL(agency.url)
+    host = url.raw_host.decode("ascii")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    addresses = await resolver(host, port)  # OSError (no such name, resolver down): a failed, retried attempt
+    problem = resolved_problem(host, addresses, port, allow_private=agency.allow_private_network,
+                               own_ports=own_ports)
+    if problem is not None:
+        return problem
+    return Pinned(url=url.copy_with(host=addresses[0]), host_header=url.netloc.decode("ascii"),
+                  sni_hostname=host if url.scheme == "https" else None)
 
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -238,8 +301,14 @@ async def deliver(
     attempt: int = 1,
     breaker: CircuitBreaker | None = None,
     timeout: float = REQUEST_TIMEOUT,
+    deadline: float = ATTEMPT_DEADLINE,
+    resolver: Resolver = resolve,
+    own_ports: frozenset[int] = ALUR_HTTP_PORTS,
 ) -> DeliveryResult:
-    """POST one signed event to the agency's webhook and classify the answer; never raises for HTTP trouble."""
+    """POST one signed event to the agency's webhook and classify the answer; never raises for HTTP trouble.
+
+    The whole attempt runs under `deadline`; the body of the answer is read up to `MAX_ANSWER_BYTES`.
+    """
 
     def record(
         outcome: AttemptOutcome, http_status: int | None = None, error: str | None = None, ms: float | None = None
@@ -255,39 +324,61 @@ async def deliver(
             duration_ms=ms,
         )
 
-    problem = transport_problem(agency)
-    if problem is not None or agency.url is None:
+    def refused(problem: str | None) -> DeliveryResult:
         return DeliveryResult(
             record("refused", error="TransportRefused"), retry=False, needs_coordinator=True, problem=problem
         )
-    if breaker is not None and not breaker.allow():
-        return DeliveryResult(
-            record("circuit_open"), retry=True, retry_after=breaker.retry_in(), problem="circuit breaker open"
-        )
+
+    problem = transport_problem(agency)
+    if problem is not None or agency.url is None:
+        return refused(problem)
     started = time.perf_counter()
+    status: int | None = None
+    retry_header: str | None = None
+    failure: str | None = None
     try:
-        response = await client.post(
-            agency.url,
-            content=body,
-            headers=sign(agency, event_id, body, now),
-            timeout=timeout,
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
+        async with asyncio.timeout(deadline):
+            target = await pin(agency, resolver, own_ports)
+            if isinstance(target, str):
+                return refused(target)
+            if breaker is not None and not breaker.allow():
+                return DeliveryResult(
+                    record("circuit_open"), retry=True, retry_after=breaker.retry_in(),
+                    problem="circuit breaker open",
+                )
+            headers = {**sign(agency, event_id, body, now), "host": target.host_header}
+            async with client.stream(
+                "POST", target.url, content=body, headers=headers, timeout=timeout, follow_redirects=False,
+                extensions=target.extensions,
+            ) as response:
+                status, retry_header = response.status_code, response.headers.get("retry-after")
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(ANSWER_READ_GRACE):
+                        await _read_at_most(response, MAX_ANSWER_BYTES)
+    except TimeoutError:
+        failure = "DeadlineExceeded"
+    except (httpx.HTTPError, OSError) as exc:
+        failure = type(exc).__name__
+    ms = (time.perf_counter() - started) * 1000
+    if status is None:
         if breaker is not None:
             breaker.record_failure()
-        ms = (time.perf_counter() - started) * 1000
-        return DeliveryResult(
-            record("failed", error=type(exc).__name__, ms=ms),
-            retry=True,
-            problem=f"transport error {type(exc).__name__}",
-        )
-    ms = (time.perf_counter() - started) * 1000
-    status = response.status_code
+        error = failure or "NoAnswer"
+        return DeliveryResult(record("failed", error=error, ms=ms), retry=True, problem=f"transport error {error}")
     outcome: AttemptOutcome = "delivered" if 200 <= status < 300 else "gone" if status == 410 else "failed"
     if breaker is not None and outcome == "delivered":
         breaker.record_success()
     elif breaker is not None:
         breaker.record_failure()
-    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+    retry_after = parse_retry_after(retry_header, now)
     return _classify(status, retry_after, record(outcome, http_status=status, ms=ms))
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> None:
+    """Read and drop the answer's body until it ends or `limit` bytes came: a short body completes the
+    response (the connection can be reused), a long one is left unread and its connection closed."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read >= limit:
+            return

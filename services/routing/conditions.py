@@ -13,10 +13,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import cel
-from pydantic import BaseModel, ConfigDict
 
+from contracts.records import RuleTrace
 from services.routing.facts import FACT_NAMES, LIST_FACTS, Facts, sample_facts
-from services.routing.index import Atom, Guard, atoms_of, candidates, describe_guard, guard_of, invert
+from services.routing.index import (
+    Atom,
+    Guard,
+    atoms_of,
+    candidates,
+    describe_guard,
+    guard_of,
+    invert,
+)
+from services.routing.limits import limit_problems
 
 
 class ConditionEngine(Protocol):
@@ -52,18 +61,6 @@ class CelEngine:
 
 
 CEL = CelEngine()
-
-
-class RuleTrace(BaseModel):
-    """One rule's outcome for a case: fired or not, and why (the condition and the non-identifying
-    facts it read); `error` when the condition failed at run time (then it counts as not fired)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    rule_id: str
-    fired: bool
-    why: str
-    error: str | None = None
 
 
 TRACE_CACHE_SIZE = 512
@@ -117,8 +114,15 @@ def _tested_members(expression: str, variables: set[str]) -> dict[str, frozenset
     return tested
 
 
-def compile_condition(rule_id: str, expression: str, engine: ConditionEngine = CEL) -> tuple[CompiledRule | None, list[str]]:
-    """Compile and type-check one condition; the problems name the rule, never a case."""
+def compile_condition(
+    rule_id: str, expression: str, engine: ConditionEngine = CEL, *, run_samples: bool = True
+) -> tuple[CompiledRule | None, list[str]]:
+    """Check the condition's bounds (`limits`), compile it and type-check it on sample facts; the
+    problems name the rule, never a case. `run_samples=False` skips the type check, which evaluates the
+    condition: for a pack already checked in a worker (`vetting`)."""
+    bounds = limit_problems(rule_id, expression)
+    if bounds:
+        return None, bounds
     try:
         condition = engine.compile(expression)
     except Exception as exc:  # noqa: BLE001 - every engine raises its own type
@@ -128,7 +132,7 @@ def compile_condition(rule_id: str, expression: str, engine: ConditionEngine = C
     unknown = sorted(variables - FACT_NAMES)
     if unknown:
         return None, [f"rule {rule_id}: `when` uses unknown facts: {', '.join(unknown)}"]
-    for sample in sample_facts():
+    for sample in sample_facts() if run_samples else ():
         try:
             result = engine.run(condition, engine.bind(sample))
         except Exception as exc:  # noqa: BLE001

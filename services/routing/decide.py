@@ -6,8 +6,9 @@ each referral goes to the agency that `resolution` finds and carries that agency
 
 Consent is checked for the agency type the rules ask for, and for a fallback type before it is used.
 The task-force secretariat, the last resort, takes a referral whatever the consent: its view holds
-neither identity nor narrative. A mandatory rule overrides consent wherever it fires; the Kalsel pack
-marks only the child rows of UPTD PPA and police so (its tests pin that).
+neither identity nor narrative. A mandatory rule overrides consent wherever it fires, for its own agency
+type only: a fallback type always needs the victim's consent on its own (reroutes follow the same rule,
+see `reroute`). The Kalsel pack marks only the child rows of UPTD PPA and police so (its tests pin that).
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from alur.registry import AgencyRegistry
 from contracts.events import Case, RuleReason
 from contracts.vocab import AgencyType, Priority, Risk, Service
+from domain.registry import AgencyRegistry
 from services.routing.conditions import evaluate
-from services.routing.decision import (
+from services.routing.facts import Facts, consent_code, facts_of
+from services.routing.plan import (
     AlreadyReferred,
     Decision,
     PlannedReferral,
     WithheldReferral,
     referral_id,
 )
-from services.routing.facts import Facts, consent_code, facts_of
 from services.routing.reroute import reroute
 from services.routing.resolution import Resolver
 from services.routing.rules import RISK_PRIORITY, Contribution, RulePack
@@ -158,8 +159,8 @@ def decide(
             already.append(AlreadyReferred(referral_id=rid, agency_type=agency_type, service=service))
             continue
         terms = _terms(basis, case.risk, override)
-        fallback = terms.fallback  # used only if consent covers it, or the referral overrides consent anyway
-        if fallback is not None and not (override or consent.covers(fallback)):
+        fallback = terms.fallback  # used only if consent covers it: an override covers the type the law names only
+        if fallback is not None and not consent.covers(fallback):
             fallback = None
         resolution = resolver.resolve(agency_type, fallback)
         if resolution.agency is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.routing.decision import Decision, PlannedReferral
+from services.routing.plan import Decision, PlannedReferral
 
 
 def _view_fields(view: dict[str, Any], prefix: str = "") -> list[str]:

@@ -22,7 +22,7 @@ _MEMBER = re.compile(r'^"([A-Za-z0-9_]+)"\s+in\s+(' + "|".join(LIST_FACTS) + r")
 _BOOL = re.compile(r"^(" + "|".join(BOOL_FACTS) + r")$")
 
 
-def _top_level(expr: str) -> Iterator[tuple[int, int]]:
+def scan_code(expr: str) -> Iterator[tuple[int, int]]:
     """(index, bracket depth after it) of every character outside string literals."""
     depth, quote, i = 0, "", 0
     while i < len(expr):
@@ -45,7 +45,7 @@ def _split_top(expr: str, operator: str) -> list[str]:
     """Split on `operator` where it is outside brackets and string literals."""
     parts: list[str] = []
     start = 0
-    for i, depth in _top_level(expr):
+    for i, depth in scan_code(expr):
         if depth == 0 and i >= start and expr.startswith(operator, i):
             parts.append(expr[start:i])
             start = i + len(operator)
@@ -55,7 +55,7 @@ def _split_top(expr: str, operator: str) -> list[str]:
 
 def _closing(expr: str) -> int:
     """Index of the bracket closing the one that opens `expr`, or -1."""
-    return next((i for i, depth in _top_level(expr) if depth == 0 and expr[i] in ")]}"), -1)
+    return next((i for i, depth in scan_code(expr) if depth == 0 and expr[i] in ")]}"), -1)
 
 
 def _strip_parens(expr: str) -> str:

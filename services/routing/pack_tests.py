@@ -15,17 +15,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from alur.registry import AgencyRegistry
 from contracts.events import Case
 from contracts.vocab import AgencyType, Priority, Service
-from services.intake.cases import new_case
-from services.intake.validation import Rejection, parse_report_data
+from domain.cases import new_case
+from domain.registry import AgencyRegistry
+from domain.validation import Rejection, parse_report_data
 from services.routing.decide import decide
-from services.routing.decision import Decision
+from services.routing.plan import Decision
 from services.routing.rules import RulePack
 from services.routing.views import ViewCatalog
 
 TEST_TIME = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+EXPLAIN_CASE_KEY = b"alur rules test/explain: not intake's key"
+"""The case-id key of the cases built here: intake's key is secret, so these ids are never a real case's."""
 
 
 class CaseDataError(ValueError):
@@ -39,7 +41,8 @@ class CaseDataError(ValueError):
 def build_case(data: Mapping[str, Any], *, reporter: str = "unknown-reporter", at: datetime | None = None) -> Case:
     """The `Case` intake would make of a report's `data` (or of a whole report CloudEvent, whose `source`
     is the reporter): the same validation and screening, so a test or an explanation sees what routing
-    will see. `case_id` comes from `data["case_id"]` if given, else it is derived as intake derives it.
+    will see. `case_id` comes from `data["case_id"]` if given, else it is derived as intake derives it,
+    under `EXPLAIN_CASE_KEY`. Dates are checked against `at` (the event's time), else against now.
     """
     if "specversion" in data and isinstance(data.get("data"), Mapping):
         reporter = str(data.get("source") or reporter)
@@ -47,10 +50,10 @@ def build_case(data: Mapping[str, Any], *, reporter: str = "unknown-reporter", a
         data = data["data"]
     body = dict(data)
     case_id = body.pop("case_id", None)
-    parsed = parse_report_data(body, reporter=reporter, known_agencies={reporter})
+    parsed = parse_report_data(body, reporter=reporter, known_agencies={reporter}, now=at)
     if isinstance(parsed, Rejection):
         raise CaseDataError(parsed.reasons)
-    case = new_case(parsed, at or TEST_TIME)
+    case = new_case(parsed, at or TEST_TIME, key=EXPLAIN_CASE_KEY)
     return case.model_copy(update={"case_id": case_id}) if case_id else case
 
 

@@ -1,4 +1,10 @@
-"""Hot reload: validate a new pack, run its tests, and only then swap it in; a bad pack keeps the old."""
+"""Hot reload: vet a new pack and its tests in a worker, and only then swap it in; a bad pack keeps the old.
+
+The pack a service starts with is checked in-process (`from_dir`: nothing is consumed yet, and the
+load-time bounds of `limits` apply). A new pack is vetted in a child process with a timeout
+(`vetting`), so neither a slow condition nor a slow test file can hold routing; only after the child
+says yes is the same text compiled here, without running it, and swapped in.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,16 @@ from pathlib import Path
 
 import yaml
 
-from alur.profile import load_registry_file
-from alur.registry import AgencyRegistry
-from services.routing.pack_tests import PackTest, load_pack_tests, run_pack_tests
-from services.routing.rules import RulePack, RulePackError, load_pack, pack_from_text, parse_pack
+from domain.registry import AgencyRegistry
+from runtime.profile import load_registry_file
+from services.routing.pack_tests import (
+    PackTest,
+    load_pack_tests,
+    parse_pack_tests,
+    run_pack_tests,
+)
+from services.routing.rules import RulePack, RulePackError, load_pack, pack_from_text
+from services.routing.vetting import Candidate, vet
 from services.routing.views import ViewCatalog, load_views
 
 PackSource = Path | str | bytes | Mapping[str, object]
@@ -20,6 +32,8 @@ PackSource = Path | str | bytes | Mapping[str, object]
 
 RULES_FILE = "rules.yaml"
 TESTS_FILE = "rules_tests.yaml"
+VALIDATION_TIMEOUT = 30.0
+"""Seconds a new pack's vetting (compile, sample facts, its tests) may take before it is refused."""
 
 
 def _fingerprint(directory: Path) -> str:
@@ -44,6 +58,7 @@ class RuleBook:
         registry: AgencyRegistry,
         views: ViewCatalog,
         directory: Path | None = None,
+        validation_timeout: float = VALIDATION_TIMEOUT,
     ) -> None:
         self._active: tuple[RulePack, str] = (pack, pack.version)
         self._tests: tuple[PackTest, ...] = tuple(tests)
@@ -51,11 +66,17 @@ class RuleBook:
         self.registry = registry
         self.views = views
         self.directory = directory
+        self.validation_timeout = validation_timeout
         self._seen = _fingerprint(directory) if directory else ""
 
     @classmethod
     def from_dir(
-        cls, directory: Path | str, *, registry: AgencyRegistry | None = None, views: ViewCatalog | None = None
+        cls,
+        directory: Path | str,
+        *,
+        registry: AgencyRegistry | None = None,
+        views: ViewCatalog | None = None,
+        validation_timeout: float = VALIDATION_TIMEOUT,
     ) -> RuleBook:
         """The book of a profile directory (rules.yaml, rules_tests.yaml, views.yaml, agencies.yaml).
 
@@ -70,7 +91,8 @@ class RuleBook:
         report = run_pack_tests(pack, tests, registry, views)
         if not report.ok:
             raise RulePackError(report.summary(), str(root / RULES_FILE))
-        return cls(pack, tests=tests, registry=registry, views=views, directory=root)
+        return cls(pack, tests=tests, registry=registry, views=views, directory=root,
+                   validation_timeout=validation_timeout)
 
     @property
     def pack(self) -> RulePack:
@@ -86,54 +108,79 @@ class RuleBook:
         return self._active
 
     def try_swap(self, source: PackSource, *, tests: Sequence[PackTest] | None = None) -> tuple[bool, list[str]]:
-        """Validate `source`, run the tests, swap atomically if all pass; return (swapped, problems).
+        """Vet `source` and its tests in a worker, swap atomically if all pass; return (swapped, problems).
 
         Tests come from `tests`, else from `rules_tests.yaml` beside a `Path` source, else the current ones.
         A pack with the active version but different content is refused: bump `version` with every change.
+        Blocks for up to `validation_timeout` seconds: call it off the event loop.
         """
         try:
-            pack = _parse(source)
-        except RulePackError as exc:
-            return False, list(exc.problems)
-        try:
-            new_tests = tuple(tests) if tests is not None else _tests_beside(source) or self._tests
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            return False, [f"tests: {exc}"]
-        current = self.pack
-        if pack.digest == current.digest:
+            rules_text = _text_of(source)
+            tests_text = _tests_text_beside(source) if tests is None else None
+        except OSError as exc:
+            return False, [f"cannot read: {exc.strerror or exc}"]
+        given = tuple(tests) if tests is not None else self._tests
+        verdict = vet(
+            Candidate.of(rules_text, tests=tests_text, test_cases=given, registry=self.registry, views=self.views,
+                         active=self.pack),
+            timeout=self.validation_timeout,
+        )
+        if not verdict.ok:
+            return False, verdict.problems
+        if verdict.unchanged:
             return True, []
-        if pack.version == current.version:
-            return False, [f"version {pack.version} is already active with other rules: bump `version`"]
-        report = run_pack_tests(pack, new_tests, self.registry, self.views)
-        if not report.ok:
-            return False, report.summary()
+        try:  # the text the worker vetted: compiled here, not run again
+            pack = pack_from_text(rules_text, run_samples=False)
+            beside = tuple(parse_pack_tests(yaml.safe_load(tests_text))) if tests_text is not None else ()
+            new_tests = beside or given
+        except (RulePackError, ValueError, yaml.YAMLError) as exc:
+            return False, [f"the vetted pack does not load here: {str(exc)[:300]}"]
+        if pack.digest != verdict.digest:
+            return False, ["the vetted pack and the loaded one differ: refused"]
         with self._lock:
             self._tests = new_tests
             self._active = (pack, pack.version)
         return True, []
 
-    def reload_if_changed(self) -> tuple[bool, list[str]] | None:
-        """If the rules or tests files of `directory` changed since the last look, `try_swap` them;
-        None when nothing changed (a refused change is reported once, not at every look)."""
+    def changed(self) -> bool:
+        """Whether the rules or tests files of `directory` changed since the last look. The change is then
+        taken: a refused change is reported once, not at every look."""
         if self.directory is None:
-            return None
+            return False
         seen = _fingerprint(self.directory)
         if seen == self._seen:
-            return None
+            return False
         self._seen = seen
+        return True
+
+    def reload(self) -> tuple[bool, list[str]]:
+        """`try_swap` the rules file of `directory` (and the tests beside it)."""
+        assert self.directory is not None, "a book without a directory has nothing to reload"
         return self.try_swap(self.directory / RULES_FILE)
 
+    def reload_if_changed(self) -> tuple[bool, list[str]] | None:
+        """`reload` if the files `changed`; None when nothing changed."""
+        return self.reload() if self.changed() else None
 
-def _parse(source: PackSource) -> RulePack:
+
+def _text_of(source: PackSource) -> str:
+    """The pack as text for the worker (and, once vetted, for loading here)."""
     if isinstance(source, Path):
-        return load_pack(source)
-    if isinstance(source, str | bytes):
-        return pack_from_text(source)
-    return parse_pack(source)
+        return (source / RULES_FILE if source.is_dir() else source).read_text(encoding="utf-8")
+    if isinstance(source, bytes):
+        return source.decode("utf-8", errors="replace")
+    if isinstance(source, str):
+        return source
+    return yaml.safe_dump(dict(source), sort_keys=False, allow_unicode=True)
 
 
-def _tests_beside(source: PackSource) -> tuple[PackTest, ...]:
+def _tests_text_beside(source: PackSource) -> str | None:
     if not isinstance(source, Path):
-        return ()
+        return None
+    tests_file = (source if source.is_dir() else source.parent) / TESTS_FILE
+    return tests_file.read_text(encoding="utf-8") if tests_file.exists() else None
+
+
+def _tests_beside(source: Path) -> tuple[PackTest, ...]:
     tests_file = (source if source.is_dir() else source.parent) / TESTS_FILE
     return tuple(load_pack_tests(tests_file)) if tests_file.exists() else ()

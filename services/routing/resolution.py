@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from alur.registry import Agency, AgencyRegistry
+from contracts.records import Agency
 from contracts.vocab import AgencyType, Regency
+from domain.registry import AgencyRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +44,16 @@ def resolve_agency(
             return Resolution(
                 agency, f"no agency of type {agency_type.value}: fallback to {fallback.value} ({_where(agency, regency)})"
             )
-    secretariat = registry.secretariat(excluded)
+    return to_secretariat(registry, f"no agency of type {agency_type.value}", excluded)
+
+
+def to_secretariat(registry: AgencyRegistry, why: str, exclude: Iterable[str] = ()) -> Resolution:
+    """The last resort, with `why` no other agency takes the referral: the task-force secretariat (its
+    view holds neither identity nor narrative), or None when it too is excluded or absent."""
+    secretariat = registry.secretariat(exclude)
     if secretariat is not None:
-        return Resolution(secretariat, f"no agency of type {agency_type.value}: sent to the task-force secretariat")
-    return Resolution(None, f"no agency of type {agency_type.value} and no task-force secretariat left")
+        return Resolution(secretariat, f"{why}: sent to the task-force secretariat")
+    return Resolution(None, f"{why} and no task-force secretariat left")
 
 
 class Resolver:

@@ -1,7 +1,8 @@
 """The rule pack: referral rules as data, validated whole at load.
 
 A pack is refused with one `RulePackError` listing every problem, each naming the rule: unknown fields,
-conditions that do not compile or use unknown facts, unknown agency types or services, duplicate ids.
+conditions that do not compile, use unknown facts or break the cost bounds of `limits`, unknown agency
+types or services, duplicate ids.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from pydantic import (
 
 from contracts.events import RuleReason
 from contracts.vocab import AgencyType, Priority, Risk, Service
-from services.routing.conditions import CEL, CompiledRule, CompiledRules, ConditionEngine, compile_condition
+from services.routing.conditions import (
+    CEL,
+    CompiledRule,
+    CompiledRules,
+    ConditionEngine,
+    compile_condition,
+)
 
 RuleId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
@@ -73,10 +80,6 @@ class ReferralTarget(Strict):
             raise ValueError("the secretariat is always the last resort: do not name it as fallback_agency_type")
         return self
 
-    def priority_for(self, risk: Risk) -> Priority:
-        """The fixed priority, or the case's risk mapped to a priority."""
-        return RISK_PRIORITY[risk] if self.priority == "from_risk" else _FIXED_PRIORITY[self.priority]
-
 
 class Rule(Strict):
     """One referral rule: when its condition holds, the case is referred to every target."""
@@ -108,7 +111,7 @@ class Contribution:
     rule_id: str
     mandatory: bool
     priority: Priority | None
-    """The fixed priority, or None for the case's risk (`ReferralTarget.priority_for`)."""
+    """The fixed priority, or None for the case's risk (`RISK_PRIORITY`)."""
     sla_hours: float | None
     statutory_clock: str | None
     fallback: AgencyType | None
@@ -144,6 +147,7 @@ class RulePack(Strict):
     _by_id: dict[str, Rule] = PrivateAttr(default_factory=dict)
     _reasons: dict[tuple[str, bool], RuleReason] = PrivateAttr(default_factory=dict)
     _contributions: tuple[tuple[Contribution, ...], ...] = PrivateAttr(default=())
+    _receivers: dict[Service, frozenset[AgencyType]] = PrivateAttr(default_factory=dict)
 
     @property
     def compiled(self) -> CompiledRules:
@@ -175,6 +179,22 @@ class RulePack(Strict):
                 if target.agency_type is agency_type and target.service is service and target.fallback_agency_type:
                     return target.fallback_agency_type
         return None
+
+    def receivers_of(self, service: Service) -> frozenset[AgencyType]:
+        """Every agency type some rule of the pack refers `service` to, as its target or its fallback:
+        the types the rules could have chosen for that service (a reroute goes nowhere else)."""
+        return self._receivers.get(service, frozenset())
+
+
+def _receivers(rules: list[Rule]) -> dict[Service, frozenset[AgencyType]]:
+    found: dict[Service, set[AgencyType]] = {}
+    for rule in rules:
+        for target in rule.refer:
+            types = found.setdefault(target.service, set())
+            types.add(target.agency_type)
+            if target.fallback_agency_type is not None:
+                types.add(target.fallback_agency_type)
+    return {service: frozenset(types) for service, types in found.items()}
 
 
 def _field(loc: tuple[int | str, ...]) -> str:
@@ -215,8 +235,12 @@ def _contribution(rule: Rule, target: ReferralTarget, reasons: Mapping[tuple[str
     )
 
 
-def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine = CEL) -> RulePack:
-    """Validate parsed YAML data as a rule pack and compile every condition; raise with all problems."""
+def parse_pack(
+    data: object, source: str = "rule pack", engine: ConditionEngine = CEL, *, run_samples: bool = True
+) -> RulePack:
+    """Validate parsed YAML data as a rule pack and compile every condition; raise with all problems.
+
+    `run_samples=False` skips running the conditions on sample facts (see `compile_condition`)."""
     if not isinstance(data, Mapping):
         raise RulePackError(["the pack must be a mapping with `version` and `rules`"], source)
     problems: list[str] = []
@@ -238,9 +262,9 @@ def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine 
         except ValidationError as exc:
             problems.extend(_problems_of(exc, prefix))
             if isinstance(raw, Mapping) and isinstance(raw.get("when"), str):
-                problems.extend(compile_condition(rule_id, raw["when"], engine)[1])
+                problems.extend(compile_condition(rule_id, raw["when"], engine, run_samples=run_samples)[1])
             continue
-        condition, condition_problems = compile_condition(rule.id, rule.when, engine)
+        condition, condition_problems = compile_condition(rule.id, rule.when, engine, run_samples=run_samples)
         problems.extend(condition_problems)
         if condition is not None:
             rules.append(rule)
@@ -264,16 +288,17 @@ def parse_pack(data: object, source: str = "rule pack", engine: ConditionEngine 
     pack._by_id = {r.id: r for r in rules}
     pack._reasons = {(r.id, override): _reason(r, override) for r in rules for override in {False, r.mandatory}}
     pack._contributions = tuple(tuple(_contribution(r, t, pack._reasons) for t in r.refer) for r in rules)
+    pack._receivers = _receivers(rules)
     return pack
 
 
-def pack_from_text(text: str | bytes, source: str = "rule pack") -> RulePack:
+def pack_from_text(text: str | bytes, source: str = "rule pack", *, run_samples: bool = True) -> RulePack:
     """A pack from YAML text."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RulePackError([f"not valid YAML: {exc}"], source) from None
-    return parse_pack(data, source)
+    return parse_pack(data, source, run_samples=run_samples)
 
 
 def load_pack(path: Path | str) -> RulePack:

@@ -2,7 +2,8 @@
 
 The profile's `views.yaml` declares the allowed field paths per agency type; a view copies those paths
 and nothing else. Loading refuses a catalogue that misses an agency type, names a path the case does
-not have, or breaks one of the `NEVER` limits below, which DOMAIN.md sets and no profile may lift.
+not have, or breaks one of the `NEVER` limits below, which DOMAIN.md sets and no profile may lift
+(`COORDINATOR_ONLY` paths are in every type's limits).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,22 @@ from contracts.vocab import AgencyType, Need
 
 IDENTITY = "victim.identity"
 NARRATIVE = "narrative"
+POSSIBLE_DUPLICATES = "possible_duplicates"
 
-NEVER: dict[AgencyType, frozenset[str]] = {
+COORDINATOR_ONLY = frozenset({POSSIBLE_DUPLICATES})
+"""Paths no agency type's view may carry, nor `always`. Duplicate flags link a victim's cases across
+agencies by NIK: in a view they would tell any agency that can make up a report which other agencies hold
+cases for a NIK (issue 17). They are for the coordinator's review only, whose tools (`alur status`, the
+board) read intake's `matches` bucket, never a referral."""
+
+_NEVER_PER_TYPE: dict[AgencyType, frozenset[str]] = {
     AgencyType.EDUCATION: frozenset({IDENTITY, NARRATIVE}),
     AgencyType.LABOUR: frozenset({IDENTITY, NARRATIVE}),
     AgencyType.GT_SECRETARIAT: frozenset({IDENTITY, NARRATIVE}),
     AgencyType.HEALTH: frozenset({NARRATIVE}),
 }
+
+NEVER: dict[AgencyType, frozenset[str]] = {t: COORDINATOR_ONLY | _NEVER_PER_TYPE.get(t, frozenset()) for t in AgencyType}
 """Paths (and everything under them) an agency type may never see, whatever the profile says."""
 
 ALWAYS_FORBIDDEN = frozenset({IDENTITY, NARRATIVE})
@@ -102,7 +111,7 @@ class ViewCatalog(BaseModel):
     def project(self, dumped: Mapping[str, Any], agency_type: AgencyType) -> dict[str, Any]:
         """`view_of` on an already dumped case (`case.model_dump(mode="json")`), to dump once per decision.
 
-        The view shares nested values with `dumped`: treat both as read-only, or `clone` the view.
+        The view shares nested values with `dumped`: treat both as read-only.
         """
         return _project(dumped, self._plans[agency_type])
 
@@ -129,15 +138,6 @@ class CaseViews:
                 self._dumped = self._case.model_dump(mode="json")
             view = self._projected[agency_type] = _project(self._dumped, self._plans[agency_type])
         return dict(view)
-
-
-def clone(value: Any) -> Any:
-    """A copy of JSON-like data (dicts, lists, scalars), faster than `copy.deepcopy`."""
-    if isinstance(value, dict):
-        return {key: clone(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [clone(item) for item in value]
-    return value
 
 
 def _project(dumped: Mapping[str, Any], plan: _Plan) -> dict[str, Any]:
@@ -203,6 +203,9 @@ def _problems(catalog: ViewCatalog) -> list[str]:
         for forbidden in ALWAYS_FORBIDDEN:
             if _covers(path, forbidden):
                 problems.append(f"always: `{path}` reveals `{forbidden}`; grant it per agency type")
+        for forbidden in COORDINATOR_ONLY:
+            if _covers(path, forbidden):
+                problems.append(f"always: no view may carry `{forbidden}` (the coordinator's review reads it)")
     for agency_type, view in catalog.views.items():
         for path in view.fields:
             if not path_exists(path):
@@ -233,15 +236,3 @@ def load_views(path: Path | str) -> ViewCatalog:
     if source.is_dir():
         source = source / "views.yaml"
     return parse_views(yaml.safe_load(source.read_text(encoding="utf-8")), str(source))
-
-
-@lru_cache(maxsize=1)
-def _profile_views() -> ViewCatalog:
-    from alur.profile import profile_dir
-
-    return load_views(profile_dir())
-
-
-def view_of(case: Case, agency_type: AgencyType, catalog: ViewCatalog | None = None) -> dict[str, Any]:
-    """The case as this agency type may see it, by `catalog` or else the profile's `views.yaml`."""
-    return (catalog or _profile_views()).view_of(case, agency_type)

@@ -1,0 +1,110 @@
+"""Open and overdue referrals per agency type, from notify's state in KV (not from what this process did).
+
+`ReferralGauges` walks the whole `referrals` bucket at start (one entry at a time, keeping only each open
+referral's standing) and then follows every change to it, so the gauges are right after a restart and the
+same on every instance of notify. What counts is decided by the pure `standing` (one referral) and `tally`
+(all of them, at a moment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from contracts.buckets import Bucket
+from runtime.bus import KV_OPERATION, kv_entries, kv_last_seq
+from services.notify.context import NotifyContext
+from services.notify.escalation import deadlines
+from services.notify.state import ReferralState
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What the gauges need of one open referral: its agency type and its earliest running deadline."""
+
+    agency_type: str
+    due: datetime | None
+
+
+def standing(state: ReferralState) -> Standing | None:
+    """The referral's standing, or None once it is terminal (it counts nowhere)."""
+    if state.status.terminal:
+        return None
+    running = [d.due for d in deadlines(state)]
+    return Standing(state.agency_type.value, min(running) if running else None)
+
+
+def tally(standings: Iterable[Standing], now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+    """(open, overdue) referrals by agency type at `now`: overdue once a running deadline has passed."""
+    open_by: Counter[str] = Counter()
+    overdue_by: Counter[str] = Counter()
+    for item in standings:
+        open_by[item.agency_type] += 1
+        if item.due is not None and item.due < now:
+            overdue_by[item.agency_type] += 1
+    return dict(open_by), dict(overdue_by)
+
+
+class ReferralGauges:
+    """Follows the `referrals` bucket and sets `alur_referrals_open` / `alur_referrals_overdue` at each scrape."""
+
+    def __init__(self, ctx: NotifyContext) -> None:
+        self.ctx = ctx
+        self.standings: dict[str, Standing] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self) -> None:
+        self.ctx.app.on_started(self._start)
+        self.ctx.app.on_stopping(self._stop)
+        self.ctx.app.on_scrape(self._refresh)
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if not value:
+            self.standings.pop(key, None)
+            return
+        try:
+            found = standing(ReferralState.model_validate_json(value))
+        except ValidationError:
+            return
+        if found is None:
+            self.standings.pop(key, None)
+        else:
+            self.standings[key] = found
+
+    async def _start(self) -> None:
+        js = self.ctx.js
+        last = await kv_last_seq(js, Bucket.REFERRALS)
+        async for entry in kv_entries(js, Bucket.REFERRALS):
+            self._apply(entry.key, entry.value)
+            last = max(last, entry.seq)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
+        sub = await js.subscribe(f"$KV.{Bucket.REFERRALS}.>", stream=f"KV_{Bucket.REFERRALS}",
+                                 ordered_consumer=True, config=config)
+        self._task = asyncio.create_task(self._follow(sub))
+
+    async def _follow(self, sub: Any) -> None:
+        prefix = f"$KV.{Bucket.REFERRALS}."
+        try:
+            async for msg in sub.messages:
+                deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
+                self._apply(msg.subject[len(prefix):], None if deleted else msg.data)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _refresh(self) -> None:
+        self.ctx.app.metrics.referrals_now(*tally(self.standings.values(), self.ctx.now()))
