@@ -17,21 +17,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
+import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from nats.js import JetStreamContext
 from standardwebhooks.webhooks import Webhook
 
 from alur.embedded import free_port
 from services.notify import webhook
 from tests.conftest import Running, alur_env, start_alur, stop_alur
-from tests.test_notify_service import Feed, about, referral_state, request_referral, wait_for, whsec
+from tests.support import (
+    Feed,
+    about,
+    referral_state,
+    request_referral,
+    serving,
+    wait_for,
+    whsec,
+)
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -95,19 +105,6 @@ def _monotonic(loop: asyncio.AbstractEventLoop) -> float:
     return loop.time()  # asyncio's clock is time.monotonic
 
 
-@contextlib.asynccontextmanager
-async def serving(endpoint: Endpoint) -> AsyncIterator[Endpoint]:
-    server = uvicorn.Server(uvicorn.Config(endpoint, host="127.0.0.1", port=endpoint.port, log_config=None,
-                                           lifespan="off", access_log=False))
-    task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, timeout=10, every=0.02)
-    try:
-        yield endpoint
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
-
-
 def scaled_alur(tmp_path: Path, scale: float) -> Iterator[Running]:
     data_dir = tmp_path / "alur"
     running = start_alur(data_dir, env=alur_env(data_dir, ALUR_SLA_SCALE=str(scale)))
@@ -116,29 +113,16 @@ def scaled_alur(tmp_path: Path, scale: float) -> Iterator[Running]:
         stop_alur(running)
 
 
-async def add_webhook_agency(alur: Running, agency_id: str, url: str, secret: str) -> None:
-    """Add a webhook agency through the public CLI and wait until notify's live registry holds it.
+async def add_webhook_agency(alur: Running, agency_id: str, url: str, secret: str, *flags: str) -> None:
+    """Add a webhook agency through the public CLI.
 
-    Registry changes reach notify in order; notify provisions a consumer for each new NATS agency. So once
-    the consumer of a NATS agency added *after* the webhook agency exists, notify knows the webhook one.
+    `flags` are the entry's registry options; by default `--allow-private-network` (receivers here listen on
+    127.0.0.1). The CLI returns once the entry is in the registry bucket and the agency's consumers exist;
+    each service follows the bucket with its own KV watch (milliseconds), while a report published afterwards
+    reaches notify only after intake's and routing's work on it.
     """
     alur.cli("agency", "add", agency_id, "--type", "health", "--regions", "6371", "--channel", "webhook",
-             "--url", url, "--secret", secret)
-    sentinel = f"polres-{agency_id}"
-    alur.cli("agency", "add", sentinel, "--type", "police", "--regions", "6305")
-    admin = await alur.admin()
-    try:
-        js = admin.jetstream()
-
-        async def provisioned() -> bool:
-            with contextlib.suppress(Exception):
-                await js.consumer_info("REFERRALS", f"agency-{sentinel}")
-                return True
-            return False
-
-        await wait_for(provisioned, timeout=15)
-    finally:
-        await admin.close()
+             "--url", url, "--secret", secret, *(flags or ("--allow-private-network",)))  # receivers: 127.0.0.1
 
 
 def attempts_of(state: dict[str, Any], event_id: str) -> list[tuple[int, str, int | None]]:
@@ -187,7 +171,7 @@ async def test_a_429_with_retry_after_is_honoured_before_the_retry(retry_after_a
         js = admin.jetstream()
         feed = await Feed.open(js)
         request = await request_referral(js, "dinkes-tala", due_in=3600)
-        await feed.seek(about("delivered", request.referral_id, agency="dinkes-tala"), timeout=20)
+        await feed.seek(about("delivered", request.referral_id, agency="dinkes-tala"), timeout=30)
 
         posts = endpoint.to("/busy")
         assert [p.status for p in posts] == [429, 200]
@@ -213,8 +197,8 @@ async def test_a_429_with_retry_after_is_honoured_before_the_retry(retry_after_a
 
 # ----------------------------------------------------------------------- 2. the circuit breaker
 
-BREAKER_SCALE = 0.02
-COOLDOWN = 60.0 * BREAKER_SCALE  # CircuitBreaker's default cool-down (60 s) at the drill scale: 1.2 s
+BREAKER_SCALE = 0.08
+COOLDOWN = 60.0 * BREAKER_SCALE  # CircuitBreaker's default cool-down (60 s) at the drill scale: 4.8 s, so a loaded machine still makes the late referral within it
 THRESHOLD = 5  # CircuitBreaker's default: failures in a row that open it
 OVERLOADED = (503, {"Retry-After": "20"})  # 20 s × 0.02 = 0.4 s: every event is back while the breaker is open
 TRIAL_TAKES = 0.3  # seconds the endpoint takes to answer each trial request
@@ -225,6 +209,7 @@ def breaker_alur(tmp_path: Path) -> Iterator[Running]:
     yield from scaled_alur(tmp_path, BREAKER_SCALE)
 
 
+@pytest.mark.faults  # a crash or a stuck peer, at length: `make test-faults` (CI runs it)
 async def test_the_breaker_holds_a_failing_endpoint_then_one_trial_closes_it(breaker_alur: Running) -> None:
     alur = breaker_alur
     secret = whsec()
@@ -259,12 +244,12 @@ async def test_the_breaker_holds_a_failing_endpoint_then_one_trial_closes_it(bre
         async def all_failed_once() -> bool:
             states = [await referral_state(js, r.referral_id) for r in requests]
             return all(s is not None and s["attempts"] for s in states)
-        await wait_for(all_failed_once, timeout=15, every=0.02)
+        await wait_for(all_failed_once, timeout=30, every=0.02)
         late = await request_referral(js, "dinkes-hst", due_in=3600)
         late_sent_at = asyncio.get_running_loop().time()
         requests.append(late)
         for request in requests:
-            await feed.seek(about("delivered", request.referral_id, agency="dinkes-hst"), timeout=20)
+            await feed.seek(about("delivered", request.referral_id, agency="dinkes-hst"), timeout=30)
 
         posts = endpoint.to("/down")
         statuses = [p.status for p in posts]
@@ -307,3 +292,188 @@ async def test_the_breaker_holds_a_failing_endpoint_then_one_trial_closes_it(bre
     logs = alur.logs()
     assert "webhook delivery held: circuit open" in logs
     assert secret not in logs
+
+
+# ------------------------------------------- 3. one stuck or huge-answering endpoint holds nothing else (17.4)
+
+SLOW_SCALE = 0.01
+HUGE_BODY = 512 * 2**20  # bytes each huge answer would be, made as they are sent
+RSS_GROWTH = 192 * 2**20  # notify may grow by this much at most while answering them
+
+
+@dataclass
+class RawEndpoint:
+    """A raw HTTP server on loopback whose answer `reply(writer)` writes, counting what it could send."""
+
+    reply: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+    host: str = "127.0.0.1"
+    port: int = 0
+    requests: list[float] = field(default_factory=list)  # monotonic arrival times
+    open: int = 0  # connections being answered now
+    finished: int = 0  # connections answered and closed
+    sent: list[int] = field(default_factory=list)  # bytes written per answer
+    bodies: list[bytes] = field(default_factory=list)  # the request bodies, in arrival order
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/hook"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        try:
+            await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                length = int(value) if name.strip().lower() == "content-length" else length
+            self.bodies.append(await reader.readexactly(length))
+            self.requests.append(time.monotonic())
+            self.sent.append(0)
+            with contextlib.suppress(ConnectionError):
+                await self.reply(reader, writer)
+        finally:
+            self.open -= 1
+            self.finished += 1
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_serving(endpoint: RawEndpoint) -> AsyncIterator[RawEndpoint]:
+    server = await asyncio.start_server(endpoint.handle, endpoint.host, 0)
+    endpoint.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield endpoint
+
+
+def notify_rss(alur: Running) -> int:
+    """Resident memory of the running notify process, in bytes (from /proc)."""
+    pid = json.loads((alur.data_dir / "run.json").read_text())["children"]["notify"]
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for notify")
+
+
+@pytest.fixture
+def slow_alur(tmp_path: Path) -> Iterator[Running]:
+    yield from scaled_alur(tmp_path, SLOW_SCALE)
+
+
+@pytest.mark.timeout(300)  # its teardown stops a stack that had a stuck endpoint in flight
+@pytest.mark.faults  # a crash or a stuck peer, at length: `make test-faults` (CI runs it)
+async def test_a_stuck_and_a_huge_answering_endpoint_hold_back_neither_others_nor_memory(slow_alur: Running) -> None:
+    alur = slow_alur
+    secret = whsec()
+    fine_while_stuck: list[bool] = []
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" * 8:  # a byte every half second: never a whole head in time
+            writer.write(bytes([byte]))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                if await asyncio.wait_for(reader.read(1), 0.5) == b"":
+                    return  # notify gave up and closed the connection
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        while huge_end.sent[-1] < HUGE_BODY:
+            writer.write(chunk)
+            await writer.drain()
+            huge_end.sent[-1] += 65536
+        writer.write(b"0\r\n\r\n")
+
+    async def fine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        fine_while_stuck.append(stuck.open > 0 and stuck.finished == 0)  # its first attempt still in flight
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+
+    stuck, huge_end, fine_end = RawEndpoint(drip), RawEndpoint(huge), RawEndpoint(fine)
+    async with raw_serving(stuck), raw_serving(huge_end), raw_serving(fine_end):
+        await add_webhook_agency(alur, "dinkes-stuck", stuck.url, secret)
+        await add_webhook_agency(alur, "dinkes-huge", huge_end.url, secret)
+        await add_webhook_agency(alur, "dinkes-fine", fine_end.url, secret)
+        admin = await alur.admin()
+        js = admin.jetstream()
+        feed = await Feed.open(js)
+        before = notify_rss(alur)
+
+        held = [await request_referral(js, "dinkes-stuck", due_in=3600) for _ in range(4)]
+        await wait_for(lambda: stuck.open > 0, timeout=30, every=0.02)
+        others = [await request_referral(js, agency, due_in=3600)
+                  for agency in ("dinkes-fine", "dinkes-huge", "dinkes-fine", "dinkes-huge", "dinkes-fine")]
+        for request in others:
+            await feed.seek(about("delivered", request.referral_id), timeout=30)
+        # Every other endpoint's delivery went out while the stuck one still held its first attempt (which
+        # lasts until the attempt's deadline, 20 s): not after it, as when a fetched batch waited for it.
+        assert fine_while_stuck and all(fine_while_stuck), fine_while_stuck
+        assert len(stuck.requests) == 1, "one attempt in flight per endpoint: the others were held back"
+        assert not [e for e in feed.seen if e.verb == "delivered" and e.agency == "dinkes-stuck"]
+        # The huge answers were cut off: notify read a few KB of each and closed the connection.
+        assert len(huge_end.sent) == 2 and max(huge_end.sent) < HUGE_BODY / 8, huge_end.sent
+        grown = notify_rss(alur) - before
+        assert grown < RSS_GROWTH, f"notify grew by {grown / 2**20:.0f} MB"
+
+        # The stuck attempt ends at its deadline, recorded as a failed attempt, and is retried.
+        async def cut_off() -> list[dict[str, Any]]:
+            states = [await referral_state(js, r.referral_id) for r in held]
+            return [a for s in states if s for a in s["attempts"] if a["error_class"] == "DeadlineExceeded"]
+        attempts = await wait_for(cut_off, timeout=webhook.ATTEMPT_DEADLINE + 30)
+        assert attempts[0]["outcome"] == "failed" and attempts[0]["http_status"] is None
+        assert attempts[0]["duration_ms"] >= webhook.ATTEMPT_DEADLINE * 1000 * 0.99
+        await wait_for(lambda: len(stuck.requests) >= 2, timeout=30)
+        await admin.close()
+    assert secret not in alur.logs()
+
+
+# --------------------------------------------- 4. a name resolving to loopback is refused at send time (17.9)
+
+
+def loopback_name() -> tuple[str, str] | None:
+    """A name (not `localhost`) this machine resolves only to loopback, with that address, or None."""
+    for name in (socket.gethostname(), "ip6-localhost", "ip6-loopback", "localhost.localdomain"):
+        with contextlib.suppress(OSError):
+            addresses = {info[4][0] for info in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
+            if addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses) and name != "localhost":
+                return name, sorted(addresses)[0]
+    return None
+
+
+async def test_a_name_resolving_to_loopback_is_refused_at_send_time_unless_allowed(slow_alur: Running) -> None:
+    alur = slow_alur
+    found = loopback_name()
+    if found is None:
+        pytest.skip("no name on this machine resolves to loopback only")
+    name, address = found
+    secret = whsec()
+
+    async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+
+    async with raw_serving(RawEndpoint(ok, host=address)) as endpoint:
+        url = f"http://{name}:{endpoint.port}/hook"
+        # The name passes the registry's check (no DNS there); the address it resolves to does not.
+        await add_webhook_agency(alur, "dinkes-named", url, secret, "--allow-insecure-http")
+        admin = await alur.admin()
+        js = admin.jetstream()
+        feed = await Feed.open(js)
+        refused = await request_referral(js, "dinkes-named", due_in=3600)
+        raised = (await feed.seek(about("escalated", refused.referral_id, overdue="delivery"))).data
+        assert raised["target"] == "coordinator" and "loopback" in raised["reason"]
+        assert "allow_private_network" in raised["reason"]
+        state = await referral_state(js, refused.referral_id)
+        # a refused destination is retried on the webhook schedule (the registry may be fixed meanwhile), so
+        # a loaded machine may read the state after a retry or two: every attempt refused, none sent
+        assert state is not None and {a["outcome"] for a in state["attempts"]} == {"refused"}
+        assert state["status"] == "requested" and not endpoint.requests, "nothing was sent"
+
+        await add_webhook_agency(alur, "dinkes-named", url, secret, "--allow-insecure-http", "--allow-private-network")
+        allowed = await request_referral(js, "dinkes-named", due_in=3600)
+        await feed.seek(about("delivered", allowed.referral_id, agency="dinkes-named"), timeout=30)
+        # the refused referral is retried on its schedule and, the registry now fixed, may be sent too
+        sent_for = [json.loads(body)["data"]["referral_id"] for body in endpoint.bodies]
+        assert sent_for.count(allowed.referral_id) == 1
+        assert set(sent_for) <= {allowed.referral_id, refused.referral_id}
+        await admin.close()
