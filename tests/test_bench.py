@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.timeout(360)
 def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     done = subprocess.run([sys.executable, "-m", "bench", "--size", "tiny", "--no-sync", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=240)
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "End to end" in done.stdout and "Rule engine" in done.stdout
     results = json.loads(out.read_text())

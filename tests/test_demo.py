@@ -10,13 +10,16 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from alur.demo import COMPLETING, DECLINING, INBOX, SILENT
 
 
+@pytest.mark.timeout(420)
 def test_demo_ends_by_itself_with_the_closed_loop_on_the_board_and_in_its_table() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALUR_")} | {"COLUMNS": "200"}
     result = subprocess.run([sys.executable, "-m", "alur.cli", "demo", "--port", "0"], env=env, capture_output=True,
-                            text=True, timeout=150)
+                            text=True, timeout=360)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "ready" in out and "Demo summary" in out

@@ -9,7 +9,7 @@
   and an answer whose state cannot be saved is never answered 202;
 - another agency cannot make a report "a duplicate" by publishing its event id first (17.8).
 
-The stack runs with a small burst and a slow refill (ALUR_HTTP_RATE_BURST=5, ALUR_HTTP_RATE_PER_SECOND=0.2)
+The stack runs with a small burst and a slow refill (ALUR_HTTP_RATE_BURST=5, ALUR_HTTP_RATE_PER_SECOND=0.05)
 and ALUR_MAX_PROGRESS_NOTES=3, so each limit is reached in a few requests; each test spends the budget of
 agencies no other test here uses.
 """
@@ -41,7 +41,7 @@ from tests.support import (
 )
 
 BURST = 5
-RATE = 0.2  # one request every 5 s once the burst is spent: a slow machine cannot refill the burst
+RATE = 0.05  # one request every 20 s once the burst is spent: even a loaded machine spends a burst faster
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +80,10 @@ async def recovers(client: httpx.AsyncClient, url: str, headers: dict[str, str],
     async def served() -> int:
         status = (await client.post(url, content=body, headers=headers)).status_code
         return 0 if status == 429 else status
-    return await wait_for(served, timeout=30, every=0.5)
+    return await wait_for(served, timeout=2 / RATE + 30, every=0.5)
 
 
+@pytest.mark.timeout(300)
 async def test_each_door_limits_each_token_and_recovers(doors: Running) -> None:
     intake = f"{doors.http('intake')}/v1/reports"
     notify = f"{doors.http('notify')}/v1/referrals/ref-{'0' * 20}/responses"
@@ -102,6 +103,7 @@ async def test_each_door_limits_each_token_and_recovers(doors: Running) -> None:
         assert await recovers(client, notify, responder, b"not json") == 400
 
 
+@pytest.mark.timeout(300)
 async def test_unknown_tokens_are_limited_by_address(doors: Running) -> None:
     notify = f"{doors.http('notify')}/v1/referrals/ref-{'0' * 20}/responses"
     known = token_of(doors, "polres-banjar")
@@ -172,7 +174,9 @@ async def test_notes_past_the_cap_are_refused_and_no_202_is_given_for_an_answer_
         try:
             failed = await http.post(url, json={"status": "completed", "note": "service given"}, headers=headers)
             assert failed.status_code == 503, failed.text
-            assert failed.json()["applied"] is False and failed.headers["retry-after"].isdigit()
+            # "could not be saved", or on a loaded machine "not decided in time": stored, never said applied
+            assert failed.json()["stored"] is True and failed.json().get("applied", False) is False
+            assert failed.headers["retry-after"].isdigit()
             state = await referral_state(js, rid)
             assert state is not None and state["status"] == "on_hold", "not applied, and not said to be"
         finally:

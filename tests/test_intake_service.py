@@ -138,9 +138,10 @@ async def _case_events(js: JetStreamContext, case_id: str, kind: str = "register
 
 
 async def _referrals(js: JetStreamContext, case_id: str) -> list[dict[str, Any]]:
-    """`alur.referral.requested` data of a case (every one published, redeliveries included)."""
+    """`alur.referral.requested` data of a case as routing decided it (every one published, redeliveries
+    included), without the replacements of referrals that expired unanswered at this stack's SLA scale."""
     events = await _events(js, "REFERRALS", "alur.referral.requested.*")
-    return [e["data"] for e in events if e["data"]["case_id"] == case_id]
+    return [e["data"] for e in events if e["data"]["case_id"] == case_id and not e["data"].get("replaces")]
 
 
 async def _routed(js: JetStreamContext, case_event_msg: Any) -> None:

@@ -179,7 +179,9 @@ async def test_webhook_is_signed_retried_delivered_and_410_disables_the_endpoint
         gone_referral = await referral_state(js, raised["referral_id"])
         assert gone_referral is not None and any(a["outcome"] == "gone" and a["http_status"] == 410
                                                  for a in gone_referral["attempts"])
-        assert gone_referral["status"] == "requested", "never reached, so never delivered"
+        # never reached, so never delivered; a loaded machine may read it after its acknowledgement ran out
+        assert "delivered" not in [h["status"] for h in gone_referral["history"]], "never reached"
+        assert gone_referral["status"] in ("requested", "expired")
 
         # Each fact once: no referral was marked delivered twice.
         counts: dict[str, int] = {}

@@ -45,7 +45,8 @@ async def test_status_shows_streams_lag_and_referrals(alur: Running) -> None:
     refs = await admin.jetstream().subscribe("alur.referral.delivered.*", stream="REFERRALS", ordered_consumer=True,
                                              deliver_policy=DeliverPolicy.ALL)
     await reporter.jetstream().publish("alur.report.bp3mi-kalsel", json.dumps(REFERENCE_REPORT).encode(), timeout=5)
-    await next_matching(refs, lambda m: True, timeout=30)
+    for _ in range(5):  # five referrals tracked (each is delivered as notify tracks it) before the CLI looks
+        await next_matching(refs, lambda m: True, timeout=30)
     status = json.loads(alur.cli("status", "--json").stdout)
     assert status["streams"]["REPORTS"]["messages"] == 1
     assert {c["consumer"] for c in status["consumers"]} >= {"intake", "routing", "notify-requests"}

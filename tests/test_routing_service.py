@@ -246,7 +246,9 @@ async def test_trace_shows_the_decision_record_and_the_timeline_in_order(system:
     assert events[0]["subject"] == "alur.case.registered.6371" and events[0]["type"] == "alur.case.registered.v1"
     assert [e["time"] for e in events] == sorted(e["time"] for e in events)
     traced_requests = [e for e in events if e["type"] == "alur.referral.requested.v1"]
-    assert {e["referral_id"] for e in traced_requests} == {r["referral_id"] for r in requested}
+    # an unanswered referral expires and is rerouted at this SLA scale: a slow trace may show its replacement
+    assert {e["referral_id"] for e in traced_requests if not e.get("replaces")} == {
+        r["referral_id"] for r in requested if not r.get("replaces")}
     for e in traced_requests:
         assert e["ruleset_version"] == decision["ruleset_version"] and e["rules"]
         assert e["subject"] == f"alur.referral.requested.{e['agency']}"
@@ -384,7 +386,9 @@ async def test_rejected_referral_goes_to_the_next_agency_then_the_secretariat(sy
     assert [(e["agency"], e["reason"]) for e in rejected] == [
         ("uptd-ppa-banjarbaru", "no_capacity_waitlist"), ("uptd-ppa-kalsel", "no_capacity_waitlist"),
         ("gt-kalsel", "out_of_mandate")]
-    replaced = [e for e in trace["events"] if e["type"] == "alur.referral.requested.v1" and e.get("replaces")]
+    chain_ids = {first["referral_id"], second["referral_id"]}  # the case's other referrals may expire and reroute
+    replaced = [e for e in trace["events"]
+                if e["type"] == "alur.referral.requested.v1" and e.get("replaces") in chain_ids]
     assert [(e["agency"], e["replaces"]) for e in replaced] == [
         ("uptd-ppa-kalsel", first["referral_id"]), ("gt-kalsel", second["referral_id"])]
 
