@@ -195,6 +195,7 @@ async def test_a_second_board_rebuilds_the_same_model_from_the_streams(board: Ru
 def test_in_a_browser_sign_in_watch_a_referral_escalate_open_its_case_switch_language(board: Running) -> None:
     executable = chromium()
     from playwright.sync_api import expect, sync_playwright
+    expect.set_options(timeout=60_000)  # page.set_default_timeout does not reach `expect` (5 s)
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     report, case_id = new_report(board)

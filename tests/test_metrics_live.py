@@ -90,7 +90,9 @@ async def _flow(run: Running) -> dict[str, str]:
                 and value(routing, "alur_report_to_referral_seconds_count") >= 5
                 and value(notify, "alur_escalations_total", action="remind") >= 1
                 and value(notify, "alur_time_to_acknowledge_seconds_count") >= 1
-                and value(notify, "alur_timer_lateness_seconds_count") >= 1)
+                and value(notify, "alur_timer_lateness_seconds_count") >= 1
+                # readiness is recomputed per scrape under a deadline a loaded machine may miss once
+                and all(value(text, "alur_ready") == 1 for text in texts.values()))
         return texts if done else None
 
     return await wait_for(moved, timeout=90, every=0.5)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
 from alur.embedded import free_port
@@ -147,6 +149,23 @@ async def notices(js: JetStreamContext, referral_id: str) -> list[tuple[str, int
     return [(n["recipient"], n["attempt"], n["outcome"]) for n in (state or {}).get("notices", [])]
 
 
+async def request_notices(js: JetStreamContext, referral_id: str, agency: str) -> list[tuple[str, int, str]]:
+    """(recipient, attempt, outcome) of the notice attempts recorded for the referral's request event only
+    (its escalations are mailed too, and may be recorded by the time a loaded machine looks)."""
+    sub = await js.subscribe(f"alur.referral.requested.{agency}", stream="REFERRALS", ordered_consumer=True,
+                             deliver_policy=DeliverPolicy.ALL)
+    try:
+        while True:
+            event = json.loads((await sub.next_msg(timeout=10)).data)
+            if event["data"]["referral_id"] == referral_id:
+                break
+    finally:
+        await sub.unsubscribe()
+    state = await referral_state(js, referral_id)
+    return [(n["recipient"], n["attempt"], n["outcome"]) for n in (state or {}).get("notices", [])
+            if n["event_id"] == event["id"]]
+
+
 async def settled(js: JetStreamContext, referral_id: str, recipient: str, outcome: str = "sent") -> bool:
     return any(r == recipient and o == outcome for r, _, o in await notices(js, referral_id))
 
@@ -175,7 +194,7 @@ async def test_a_new_referral_mails_its_agency_once_without_a_word_of_the_victim
     # No other agency of the case has an address: the one mail of this case went to the UPTD PPA.
     others = [rid for rid in referrals if rid != referral_id]
     assert not any(smtp.mailbox.of(rid, "requested") for rid in others)
-    assert await notices(js, referral_id) == [(PPA, 1, "sent")]
+    assert await request_notices(js, referral_id, PPA) == [(PPA, 1, "sent")]
 
     # The referral is a child's, high priority: unacknowledged at 0.001 its escalation comes in seconds,
     # raised to the coordinator: the agency and the secretariat are mailed.
@@ -219,7 +238,9 @@ async def test_a_refused_address_is_raised_to_the_coordinator(
     raised = (await feed.seek(about("escalated", request.referral_id, overdue="email"), timeout=30)).data
     assert raised["target"] == "coordinator" and raised["action"] == "raise" and raised["notify"] == ["gt-kalsel"]
     assert "bounced" in raised["reason"] and "550" in raised["reason"] and "dinsos-alalak" in raised["reason"]
-    assert await notices(js, request.referral_id) == [("dinsos-alalak", 1, "bounced")]
+    # (the secretariat's notice of that raise may be recorded already on a quick machine)
+    assert [n for n in await notices(js, request.referral_id) if n[0] == "dinsos-alalak"] == [
+        ("dinsos-alalak", 1, "bounced")]
     # The secretariat is mailed about it; the address that failed is not tried again for it.
     await wait_for(lambda: smtp.mailbox.of(request.referral_id, "escalated", GT_EMAIL), timeout=30)
     await wait_for(lambda: settled(js, request.referral_id, "gt-kalsel"), timeout=30)

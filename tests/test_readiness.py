@@ -77,5 +77,6 @@ async def test_readyz_follows_the_broker_away_and_back(broker: EmbeddedServer, r
         broker.start(accounts=None)
         back = await wait_for(lambda: readiness(200), timeout=60, every=0.2)
         assert back.json()["problems"] == []
-        metrics = await client.get(routing + "/metrics")
-        assert 'alur_ready{service="routing"} 1.0' in metrics.text
+        async def ready_metric() -> bool:  # recomputed per scrape, as /readyz is
+            return 'alur_ready{service="routing"} 1.0' in (await client.get(routing + "/metrics")).text
+        await wait_for(ready_metric, timeout=30, every=0.2)
