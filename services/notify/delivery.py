@@ -11,7 +11,8 @@ One endpoint never holds the others: `notify-deliveries` runs `DELIVERY_WORKERS`
 endpoint has at most one attempt in flight. A delivery for an endpoint that is busy is handed back to
 JetStream with a delay that grows with how long the attempt in flight has taken (a fast endpoint's queue
 drains at once, a stuck one's waits up to an attempt's deadline), so a stuck endpoint occupies one worker
-for at most `webhook.ATTEMPT_DEADLINE` at a time, never all of them.
+for at most `webhook.ATTEMPT_DEADLINE` at a time, never all of them. An event for an agency without a
+webhook (most of them) is acked before FastStream handles it (`runtime.prefilter`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Delivery:
     def register(self) -> None:
         app = self.ctx.app
         app.subscriber("notify-requests")(self.on_requested)
-        app.subscriber("notify-deliveries", max_workers=DELIVERY_WORKERS, skip=self._not_for_a_webhook)(self.on_delivery)
+        deliveries = app.subscriber("notify-deliveries", max_workers=DELIVERY_WORKERS, skip=self._not_for_a_webhook)
+        deliveries(self.on_delivery)
         app.on_started(self._open_http)
         app.on_stopping(self._close_http)
 
