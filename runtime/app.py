@@ -39,6 +39,7 @@ from runtime.heartbeat import Heartbeat
 from runtime.locate import DEFAULT_URL, NoBroker, resolve
 from runtime.logs import configure, get_logger
 from runtime.metrics import ServiceMetrics, faststream_middleware
+from runtime.prefilter import Skip, skip_before_handling
 from runtime.provision import ConsumerSpec, Topology, load_topology
 from runtime.ratelimit import RateLimiter, retry_after
 from runtime.registry_store import CredentialStore, RegistryStore
@@ -165,7 +166,9 @@ class ServiceApp:
         """One of this service's consumers, as the topology declares it."""
         return next(c for c in self.consumers if c.durable == durable)
 
-    def subscriber(self, durable: str, batch_size: int = 10, max_workers: int = 1) -> Any:
+    def subscriber(
+        self, durable: str, batch_size: int = 10, max_workers: int = 1, skip: Skip | None = None
+    ) -> Any:
         """Pull from a provisioned durable consumer, never declaring streams or consumers (traps 3, 4).
 
         FastStream wants one subject; the consumer's own filters, set by provisioning, decide what
@@ -178,6 +181,9 @@ class ServiceApp:
         `json.loads` it first, outside the handler, where 2,000 nested objects raise `RecursionError` on
         every delivery and end in the DLQ instead of a rejection. Handlers read bodies through
         `domain.jsonbody`, which bounds them before any decoder runs.
+
+        `skip` (`runtime.prefilter`) names, from the raw message alone, those the handler would drop at
+        once: they are acked where they are fetched, and only the rest take FastStream's path.
         """
         spec = self.consumer(durable)
         subscriber = self.broker.subscriber(
@@ -190,6 +196,8 @@ class ServiceApp:
             decoder=raw_body,
             title=durable,  # the AsyncAPI channel of this subscriber is named by its consumer
         )
+        if skip is not None:
+            skip_before_handling(subscriber, skip)
         self._pulls[durable] = subscriber
         return subscriber
 

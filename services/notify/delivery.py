@@ -11,7 +11,8 @@ One endpoint never holds the others: `notify-deliveries` runs `DELIVERY_WORKERS`
 endpoint has at most one attempt in flight. A delivery for an endpoint that is busy is handed back to
 JetStream with a delay that grows with how long the attempt in flight has taken (a fast endpoint's queue
 drains at once, a stuck one's waits up to an attempt's deadline), so a stuck endpoint occupies one worker
-for at most `webhook.ATTEMPT_DEADLINE` at a time, never all of them.
+for at most `webhook.ATTEMPT_DEADLINE` at a time, never all of them. An event for an agency without a
+webhook (most of them) is acked before FastStream handles it (`runtime.prefilter`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 
 import httpx
 from faststream.exceptions import NackMessage
+from nats.aio.msg import Msg as RawMsg
 
 from contracts import subjects
 from contracts.destinations import ALUR_HTTP_PORTS
@@ -74,7 +76,8 @@ class Delivery:
     def register(self) -> None:
         app = self.ctx.app
         app.subscriber("notify-requests")(self.on_requested)
-        app.subscriber("notify-deliveries", max_workers=DELIVERY_WORKERS)(self.on_delivery)
+        deliveries = app.subscriber("notify-deliveries", max_workers=DELIVERY_WORKERS, skip=self._not_for_a_webhook)
+        deliveries(self.on_delivery)
         app.on_started(self._open_http)
         app.on_stopping(self._close_http)
 
@@ -118,12 +121,24 @@ class Delivery:
     async def _raise_to_coordinator(self, state: ReferralState, reason: str, key: str) -> None:
         await self.store.raise_to_coordinator(state, reason, overdue="delivery", key=key)
 
+    def _webhook_agency(self, subject: str) -> Agency | None:
+        """The enabled webhook agency an event's subject names, or None (its event is not posted)."""
+        agency = self.ctx.registry().get(subjects.parse(subject).key)
+        if agency is None or agency.channel is not Channel.WEBHOOK or not agency.enabled:
+            return None
+        return agency
+
+    def _not_for_a_webhook(self, raw: RawMsg) -> bool:
+        """Whether `on_delivery` would drop the event unread: acked before FastStream handles it, since most
+        agencies read their own consumer or their inbox (`runtime.prefilter`)."""
+        return self._webhook_agency(raw.subject) is None
+
     async def on_delivery(self, msg: Message) -> None:
         """POST each event meant for a webhook agency, signed; retry with backoff for days; 410 disables it."""
         raw = msg.raw_message
         parsed = subjects.parse(raw.subject)
-        agency = self.ctx.registry().get(parsed.key)
-        if agency is None or agency.channel is not Channel.WEBHOOK or not agency.enabled:
+        agency = self._webhook_agency(raw.subject)
+        if agency is None:
             return
         event = json.loads(raw.data)
         if parsed.verb in NOTICES:

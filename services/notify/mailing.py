@@ -16,6 +16,7 @@ import json
 import random
 
 from faststream.exceptions import NackMessage
+from nats.aio.msg import Msg as RawMsg
 
 from contracts import subjects
 from contracts.envelope import CloudEvent
@@ -73,7 +74,7 @@ class EmailNotices:
         self._rng = random.Random()
 
     def register(self) -> None:
-        self.ctx.app.subscriber(CONSUMER, max_workers=WORKERS)(self.on_event)
+        self.ctx.app.subscriber(CONSUMER, max_workers=WORKERS, skip=self._off)(self.on_event)
         self.ctx.app.on_started(self._say_whether_on)
 
     async def _say_whether_on(self) -> None:
@@ -81,6 +82,11 @@ class EmailNotices:
             self.log.info("email notices off: ALUR_SMTP_URL is not set")
         else:
             self.log.info("email notices on", relay=repr(self.relay))
+
+    def _off(self, _raw: RawMsg) -> bool:
+        """Whether notices are off (no `ALUR_SMTP_URL`): then every event is acked before FastStream handles
+        it (`runtime.prefilter`), as `on_event` would drop it unread."""
+        return self.relay is None
 
     async def on_event(self, msg: Message) -> None:
         """Email notices (`ALUR_SMTP_URL`): an agency with an `email` is mailed each new referral and each
