@@ -36,6 +36,7 @@ from alur.embedded import free_port, port_is_free
 from alur.up import Stack, UpError
 from contracts.catalog import REPORT_SUBMITTED
 from contracts.vocab import Channel, ReferralStatus, RejectionReason
+from domain.registry import AgencyRegistry
 from examples.agency_consumer import AgencyConsumer, Answer, acknowledge_and_accept
 from runtime.settings import Settings
 from services.board.model import BoardModel, ReferralView
@@ -172,6 +173,51 @@ async def until_interrupted() -> None:
             loop.remove_signal_handler(sig)
 
 
+def _simulated_agencies(stack: Stack, registry: AgencyRegistry) -> list[AgencyConsumer]:
+    """One simulated agency system per enabled agency on NATS, each answering as its story says."""
+    assert stack.secrets is not None
+    url = stack.server.url if stack.server else ""  # type: ignore[union-attr]
+    return [AgencyConsumer(agency.id, url, stack.secrets.agency(agency.id).nkey_seed, answer=answer_of(agency.id))
+            for agency in registry.agencies.values() if agency.channel is Channel.NATS and agency.enabled]
+
+
+async def _report(agencies: list[AgencyConsumer], reports: list[tuple[str, dict[str, Any]]]) -> None:
+    """Each sample report published by its reporting agency's own connection, as its system would."""
+    by_id = {a.agency: a for a in agencies}
+    for reporter, data in reports:
+        assert by_id[reporter].nc is not None
+        await by_id[reporter].nc.jetstream().publish(f"alur.report.{reporter}", _event(reporter, data), timeout=5)
+
+
+def _say_where_to_look(console: Console, board: str, secretariat_token: str, inbox_token: str | None, *,
+                       keep: bool) -> None:
+    """The board's address and the demo's tokens, then what each scripted agency will do."""
+    console.print(f"[bold]board[/]     {board}  sign in with the secretariat's token "
+                  f"[bold]{secretariat_token}[/] (a demo token, gone when the demo ends"
+                  + ("" if keep else "; `alur demo --keep` keeps the board up after the summary") + ")")
+    if inbox_token is not None:
+        console.print(f"[bold]inbox[/]     {board}inbox  {INBOX}'s officers sign in with its token "
+                      f"[bold]{inbox_token}[/]")
+    for agency, story in STORIES.items():
+        console.print(f"  {agency} {story}")
+
+
+async def _until_settled(console: Console, model: BoardModel) -> None:
+    """Show a progress bar of settled referrals until every one is settled, or `TIME_LIMIT` has passed."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        bar = progress.add_task("referrals settled", total=None)
+        while loop.time() < started + TIME_LIMIT:
+            refs = list(model.referrals.values())
+            done = sum(1 for r in refs if settled(model, r))
+            progress.update(bar, total=max(len(refs), 1), completed=done)
+            if refs and done == len(refs) and loop.time() > started + 5:
+                return
+            await asyncio.sleep(0.25)
+
+
 async def run_demo(*, cases: int, port: int, console: Console, keep: bool = False) -> int:
     """Run the demo; returns the exit code (0 when every referral was settled in time). With `keep`, the
     stack (and the board) stays up after the summary until Ctrl-C."""
@@ -200,43 +246,19 @@ async def run_demo(*, cases: int, port: int, console: Console, keep: bool = Fals
         for stream, subject in (("CASES", "alur.case.>"), ("REFERRALS", "alur.referral.>")):
             feeds.append(await stack.js.subscribe(subject, stream=stream, ordered_consumer=True,
                                                   deliver_policy=DeliverPolicy.ALL, cb=fold))
-        for agency in registry.agencies.values():
-            if agency.channel.value == "nats" and agency.enabled:
-                consumer = AgencyConsumer(agency.id, stack.server.url if stack.server else "",  # type: ignore[union-attr]
-                                          stack.secrets.agency(agency.id).nkey_seed, answer=answer_of(agency.id))
-                agencies.append(consumer)
+        agencies.extend(_simulated_agencies(stack, registry))
         await asyncio.gather(*(a.connect() for a in agencies))
         tasks = [asyncio.create_task(a.run(stop)) for a in agencies]
         secretariat = next(a.id for a in registry.agencies.values() if a.type.value == "gt_secretariat")
         board = f"http://{settings.board_http[0]}:{settings.board_http[1]}/"
         if office is not None:
             tasks.append(asyncio.create_task(officer(board, stack.secrets.agency(INBOX).http_token, stop)))
-        console.print(f"[bold]board[/]     {board}  sign in with the secretariat's token "
-                      f"[bold]{stack.secrets.agency(secretariat).http_token}[/] (a demo token, gone when the demo ends"
-                      + ("" if keep else "; `alur demo --keep` keeps the board up after the summary") + ")")
-        if office is not None:
-            console.print(f"[bold]inbox[/]     {board}inbox  {INBOX}'s officers sign in with its token "
-                          f"[bold]{stack.secrets.agency(INBOX).http_token}[/]")
-        for agency, story in STORIES.items():
-            console.print(f"  {agency} {story}")
+        _say_where_to_look(console, board, stack.secrets.agency(secretariat).http_token,
+                           stack.secrets.agency(INBOX).http_token if office is not None else None, keep=keep)
         reports = sample_reports()[: max(1, cases)]
-        by_id = {a.agency: a for a in agencies}
-        for reporter, data in reports:
-            assert by_id[reporter].nc is not None
-            await by_id[reporter].nc.jetstream().publish(f"alur.report.{reporter}", _event(reporter, data), timeout=5)
+        await _report(agencies, reports)
         console.print(f"fed {len(reports)} sample cases; {len(agencies)} simulated agencies answer their referrals")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=False) as progress:
-            bar = progress.add_task("referrals settled", total=None)
-            while loop.time() < started + TIME_LIMIT:
-                refs = list(model.referrals.values())
-                done = sum(1 for r in refs if settled(model, r))
-                progress.update(bar, total=max(len(refs), 1), completed=done)
-                if refs and done == len(refs) and loop.time() > started + 5:
-                    break
-                await asyncio.sleep(0.25)
+        await _until_settled(console, model)
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         _summary(console, model)
