@@ -289,6 +289,9 @@ async def test_the_drill(drill: Drill, capsys: pytest.CaptureFixture[str]) -> No
     js = admin.jetstream(timeout=30)
     await wait_for(lambda: consuming(js, 2), timeout=120, every=0.5)
 
+    for stream in ("REPORTS", "CASES", "REFERRALS", "TIMERS", "KV_referrals", "KV_cases"):
+        assert (await js.stream_info(stream)).config.num_replicas == 3, f"{stream} is not kept on three nodes"
+
     refs = [f"DRILL-{i:04d}" for i in range(REPORTS)]
     third = REPORTS // 3
     stop = asyncio.Event()
