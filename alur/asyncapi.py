@@ -51,7 +51,8 @@ DESCRIPTION = """Alur coordinates the referral of human-trafficking (TPPO) victi
 provincial task force. Every message body is a CloudEvents 1.0 event in structured JSON mode; publishers
 set the `Nats-Msg-Id` header to the event `id`, so JetStream drops duplicates. Inputs (`alur.report.*`,
 `alur.response.*`) are untrusted: only intake and notify turn them into facts (`alur.case.*`,
-`alur.referral.*`). An agency's NATS user may publish only `alur.report.{agency}` and
+`alur.referral.*`). An agency's input is stored through Alur's NATS door (intake for reports, notify for
+answers) under `{agency}:{id}`, so only the agency's own resend is a duplicate. An agency's NATS user may publish only `alur.report.{agency}` and
 `alur.response.{agency}` and read only its own pull consumer `agency-{agency}` on REFERRALS, which carries
 `alur.referral.*.{agency}`: its referrals, their statuses, refusals of its answers (`response_refused`),
 rejections of its reports (`report_rejected`) and test events (`test`). A webhook agency gets the events of
@@ -308,7 +309,8 @@ def _headers() -> dict[str, Any]:
     return {
         "NatsHeaders": {"type": "object", "required": ["Nats-Msg-Id"], "properties": {"Nats-Msg-Id": {
             "type": "string", "description": "The event `id`: JetStream drops a second message with the same id "
-                                             "within the stream's duplicate window (10 minutes)."}}},
+                                             "from the same agency within the stream's duplicate window "
+                                             "(10 minutes)."}}},
         "WebhookHeaders": {"type": "object", "required": ["webhook-id", "webhook-timestamp", "webhook-signature"],
                            "properties": {
                                "webhook-id": {"type": "string", "description": "The event `id`, the same on "

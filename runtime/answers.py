@@ -27,9 +27,8 @@ from contracts.events import ResponseData
 from domain.jsonbody import BodyRefused, load_json
 from domain.reasons import reasons_from
 from runtime.app import MAX_BODY
+from runtime.bus import REPLY_HEADER, scoped_msg_id
 
-REPLY_HEADER = "Alur-Reply-To"
-"""Set by a door on the response it stores: the inbox where `notify-responses` tells it the outcome."""
 REPLY_WAIT = 10.0
 """Seconds a door waits for the decision before it answers 503 (stored; decided later; safe to resend)."""
 HTTP_STATUS = {"unknown_referral": 404, "impossible_transition": 409, "note_limit": 409, "bad_body": 422}
@@ -77,7 +76,7 @@ async def submit(nc: Client, js: JetStreamContext, inbox: str, event: CloudEvent
     reply_to = f"{inbox}.{uuid.uuid4().hex}"
     sub = await nc.subscribe(reply_to, max_msgs=1)
     try:
-        headers = {"Nats-Msg-Id": event.id, REPLY_HEADER: reply_to}
+        headers = {"Nats-Msg-Id": scoped_msg_id(event.source, event.id), REPLY_HEADER: reply_to}
         await js.publish(subjects.response(event.source), event.to_bytes(), headers=headers, timeout=5)
         try:
             reply = await sub.next_msg(timeout=REPLY_WAIT)

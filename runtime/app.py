@@ -39,6 +39,7 @@ from runtime.heartbeat import Heartbeat
 from runtime.locate import DEFAULT_URL, NoBroker, resolve
 from runtime.logs import configure, get_logger
 from runtime.metrics import ServiceMetrics, faststream_middleware
+from runtime.nats_door import NatsDoor
 from runtime.prefilter import Skip, skip_before_handling
 from runtime.provision import ConsumerSpec, Topology, load_topology
 from runtime.ratelimit import RateLimiter, retry_after
@@ -156,6 +157,9 @@ class ServiceApp:
         self.closing = threading.Event()
         self.ready_checks: list[Callable[[], list[str]]] = []
         """A service's own conditions for readiness (the board: its read model has read the streams)."""
+        door = self.topology.services[name].nats_door if name in self.topology.services else None
+        self.nats_door = NatsDoor(name, door) if door else None
+        """The agencies' input this service relays into REPORTS (`runtime.nats_door`), if the topology says so."""
         self.limiter = RateLimiter(self.settings.http_rate_burst, self.settings.http_rate_per_second)
         """Every HTTP door's rate per caller: keyed by the token's digest, or by the address of a caller
         whose token is missing or unknown."""
@@ -299,12 +303,16 @@ class ServiceApp:
         await self.registry_store.start_watch()
         for hook in self._started:
             await hook()
+        if self.nats_door is not None:
+            await self.nats_door.start(self.broker.connection)
 
     async def _after_startup(self) -> None:
         self.log.info("consuming", consumers=[c.durable for c in self.consumers])
         await self.heartbeat.start()
 
     async def _on_shutdown(self) -> None:
+        if self.nats_door is not None:
+            await self.nats_door.stop()
         await self.heartbeat.stop()
         for hook in self._stopping:
             await hook()
@@ -331,6 +339,8 @@ class ServiceApp:
             problems.append("registry not loaded")
         for check in self.ready_checks:
             problems += check()
+        if self.nats_door is not None:
+            problems += self.nats_door.problems()
         return problems
 
     async def _broker_problems(self) -> list[str]:

@@ -60,6 +60,16 @@ async def publish(
     return await js.publish(subject, event.to_bytes(), headers=headers, timeout=PUBLISH_TIMEOUT)
 
 
+REPLY_HEADER = "Alur-Reply-To"
+"""Set by a door on the response it stores: the inbox where `notify-responses` tells it the outcome."""
+
+
+def scoped_msg_id(reporter: str, msg_id: str) -> str:
+    """The `Nats-Msg-Id` an agency's input is stored under in REPORTS, by either door: the reporter's own
+    namespace (agency ids hold no `:`), so no other sender's id can make it a duplicate."""
+    return f"{reporter}:{msg_id}"
+
+
 async def publish_raw(js: JetStreamContext, subject: str, payload: bytes, *, msg_id: str) -> PubAck:
     return await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=PUBLISH_TIMEOUT)
 

@@ -6,7 +6,8 @@ Two accounts keep agencies apart from Alur's streams:
   needs (`deploy/topology.yaml`): it can never create, update, delete or purge a stream, nor use a consumer
   that is not its own.
 - `AGENCIES` holds one user per agency. It imports from `ALUR`, as services, the agencies' report and
-  response subjects and the MSG.NEXT and ACK subjects of their consumers (not CONSUMER.INFO: through a
+  response subjects (mapped to the NATS door's, `runtime.nats_door`: intake and notify store them in
+  REPORTS under ids scoped by the agency) and the MSG.NEXT and ACK subjects of their consumers (not CONSUMER.INFO: through a
   service import the JetStream API answers it with 503 "JetStream not enabled for account"); each agency's user may use
   only its own (`alur.report.<id>`, `alur.response.<id>`, consumer `agency-<id>`) and read replies only
   under its own inbox prefix. nats-server does not check a request's reply subject against publish
@@ -24,6 +25,7 @@ from typing import Any
 
 from contracts.subjects import DLQ_STREAM, REFERRALS_STREAM
 from domain.registry import AgencyRegistry
+from runtime.nats_door import AGENCIES_ACCOUNT, door_subject
 from runtime.provision import ConsumerSpec, ServiceSpec, Topology, load_topology
 from runtime.security import (
     SecretStore,
@@ -40,8 +42,6 @@ API = "$JS.API"
 NOBODY = "UD7ODMA4PATBGFEH7TEKABWKU5T2VVCO64R2PIOWNIPRHLW2ALWPTDJK"
 """A user key whose seed was thrown away: nats-server wants a user in an account with no agency yet."""
 
-
-AGENCIES_ACCOUNT = "AGENCIES"
 
 
 def agency_subjects(agency_id: str, stream: str = REFERRALS_STREAM) -> list[str]:
@@ -113,18 +113,23 @@ def service_permissions(name: str, topology: Topology) -> dict[str, Any]:
         *(f"$KV.{b}.>" for b in spec.writes), inbox,
         *(f"{response_inbox(door)}.>" for door in spec.answers),
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [inbox]}}
+    if spec.nats_door is None:
+        return {"publish": {"allow": publish}, "subscribe": {"allow": [inbox]}}
+    return {"publish": {"allow": publish}, "subscribe": {"allow": [inbox, door_subject(spec.nats_door)]},
+            "allow_responses": True}  # one answer to each input it received, on the input's own reply
 
 
-def _agency_imports(stream: str) -> list[str]:
-    """What the AGENCIES account imports from ALUR: the agencies' subjects as token wildcards (NATS has no
-    `agency-*` prefix match); each agency's user permissions then narrow them to its own exact subjects."""
-    return [
-        "alur.report.*",
-        "alur.response.*",
-        f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
-        f"$JS.ACK.{stream}.*.>",
-    ]
+def _agency_imports(stream: str) -> dict[str, str]:
+    """What the AGENCIES account imports from ALUR (the subject ALUR exports -> the agencies' name for it):
+    the agencies' subjects as token wildcards (NATS has no `agency-*` prefix match); each agency's user
+    permissions then narrow them to its own exact subjects. Reports and responses arrive at the NATS door,
+    never straight in REPORTS."""
+    return {
+        door_subject("report"): "alur.report.*",
+        door_subject("response"): "alur.response.*",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.*": f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+        f"$JS.ACK.{stream}.*.>": f"$JS.ACK.{stream}.*.>",
+    }
 
 
 def accounts(store: SecretStore, registry: AgencyRegistry, topology: Topology | None = None) -> dict[str, Any]:
@@ -150,6 +155,7 @@ def accounts(store: SecretStore, registry: AgencyRegistry, topology: Topology | 
         ALUR_ACCOUNT: {"jetstream": "enabled", "users": users, "exports": exports},
         AGENCIES_ACCOUNT: {
             "users": agency_users or [{"nkey": NOBODY}],
-            "imports": [{"service": {"account": ALUR_ACCOUNT, "subject": s}} for s in imported],
+            "imports": [{"service": {"account": ALUR_ACCOUNT, "subject": s}, **({"to": to} if to != s else {})}
+                        for s, to in imported.items()],
         },
     }

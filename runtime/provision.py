@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from nats.js import JetStreamContext
@@ -81,6 +81,8 @@ class ServiceSpec(BaseModel):
     reads: list[str] = Field(default_factory=list)
     deletes_from: list[str] = Field(default_factory=list)
     """Streams it may delete single messages from (intake: refused inputs, once their retention ends)."""
+    nats_door: Literal["report", "response"] | None = None
+    """The agencies' input this service relays into REPORTS from the agencies' account (`runtime.nats_door`)."""
     answers: list[str] = Field(default_factory=list)
     """Services whose response door waits on its own inbox for this service's decision (notify answers the
     board's inbox, where an officer's answer waits)."""

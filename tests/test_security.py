@@ -12,14 +12,17 @@ from nats.aio.client import Client
 
 from alur.embedded import EmbeddedServer, free_port
 from runtime.nats_auth import accounts
+from runtime.nats_door import NatsDoor
 from runtime.profile import load_registry_file
 from runtime.provision import provision
-from runtime.security import SecretStore
+from runtime.security import SecretStore, service_inbox_prefix
 from tests.support import wait_for
 
 
 @pytest.fixture
 async def secure(tmp_path: Path) -> AsyncIterator[tuple[str, SecretStore]]:
+    """A server with Alur's accounts and streams, and the NATS doors of intake and notify, each on its
+    service's own user: an agency's report or answer is stored through them, as under `alur up`."""
     store = SecretStore(tmp_path / "data")
     registry = load_registry_file()
     server = EmbeddedServer(data_dir=tmp_path / "data", port=free_port(), sync_always=False)
@@ -27,7 +30,15 @@ async def secure(tmp_path: Path) -> AsyncIterator[tuple[str, SecretStore]]:
     admin = await nats.connect(server.url, nkeys_seed_str=store.service_seed("admin"))
     await provision(admin.jetstream(), registry=registry)
     await admin.close()
+    doors = []
+    for service, kind in (("intake", "report"), ("notify", "response")):
+        conn = await nats.connect(server.url, nkeys_seed_str=store.service_seed(service),
+                                  inbox_prefix=service_inbox_prefix(service))
+        await NatsDoor(service, kind).start(conn)
+        doors.append(conn)
     yield server.url, store
+    for conn in doors:
+        await conn.close()
     server.stop()
 
 
@@ -184,3 +195,76 @@ async def test_no_service_can_delete_or_purge_a_stream(secure: tuple[str, Secret
     assert (await admin.jetstream().stream_info("REPORTS")).config.name == "REPORTS"
     assert (await admin.jetstream().consumer_info("CASES", "routing")).name == "routing"
     await admin.close()
+
+
+# ---------------------------------------------------------------- message ids are the reporter's own (issue 17.8)
+
+
+async def test_another_agency_cannot_make_a_report_over_nats_a_duplicate(secure: tuple[str, SecretStore]) -> None:
+    """The squatter publishes the victim's next event id first, bare and in the stored (scoped) form; the
+    victim's report is stored under its own subject, and only its own resend is the duplicate."""
+    url, store = secure
+    event_id = "evt-17-8-nats"
+    squatter = await _agency(url, store, "polres-kotabaru")
+    for msg_id in (event_id, f"dinsos-kalsel:{event_id}"):
+        taken = await squatter.jetstream().publish("alur.report.polres-kotabaru", b"{}", timeout=5,
+                                                   headers={"Nats-Msg-Id": msg_id})
+        assert not taken.duplicate
+    await squatter.close()
+    victim = await _agency(url, store, "dinsos-kalsel")
+    js = victim.jetstream()
+    body = json.dumps({"id": event_id, "report": "the victim's"}).encode()
+    first = await js.publish("alur.report.dinsos-kalsel", body, headers={"Nats-Msg-Id": event_id}, timeout=5)
+    assert first.stream == "REPORTS" and not first.duplicate
+    again = await js.publish("alur.report.dinsos-kalsel", body, headers={"Nats-Msg-Id": event_id}, timeout=5)
+    assert again.duplicate and again.seq == first.seq, "its own resend is the duplicate"
+    await victim.close()
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    kept = await admin.jetstream().get_msg("REPORTS", first.seq)
+    assert kept.subject == "alur.report.dinsos-kalsel" and kept.data == body
+    assert kept.headers == {"Nats-Msg-Id": f"dinsos-kalsel:{event_id}"}
+    await admin.close()
+
+
+async def test_an_answer_over_nats_is_scoped_by_its_sender_too(secure: tuple[str, SecretStore]) -> None:
+    url, store = secure
+    squatter = await _agency(url, store, "polres-kotabaru")
+    await squatter.jetstream().publish("alur.response.polres-kotabaru", b"{}", headers={"Nats-Msg-Id": "ans-1"},
+                                       timeout=5)
+    await squatter.close()
+    agency = await _agency(url, store, "polda-kalsel")
+    ack = await agency.jetstream().publish("alur.response.polda-kalsel", b'{"answer": 1}', timeout=5,
+                                           headers={"Nats-Msg-Id": "ans-1"})
+    assert not ack.duplicate
+    await agency.close()
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    kept = await admin.jetstream().get_msg("REPORTS", ack.seq)
+    assert kept.subject == "alur.response.polda-kalsel" and kept.headers == {"Nats-Msg-Id": "polda-kalsel:ans-1"}
+    await admin.close()
+
+
+async def test_the_door_keeps_no_control_header_a_publisher_set(secure: tuple[str, SecretStore]) -> None:
+    """`Nats-Expected-Last-Msg-Id` would answer with the id last stored by anyone; `Alur-Reply-To` is for
+    Alur's own doors. Neither reaches REPORTS; the publisher's own headers do."""
+    url, store = secure
+    nc = await _agency(url, store, "bp3mi-kalsel")
+    headers = {"Nats-Msg-Id": "hdr-1", "Nats-Expected-Last-Msg-Id": "guess", "Nats-Rollup": "sub",
+               "Alur-Reply-To": "_INBOX_board.responses.x", "Traceparent": "00-abc-def-01"}
+    ack = await nc.jetstream().publish("alur.report.bp3mi-kalsel", b"{}", headers=headers, timeout=5)
+    await nc.close()
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    kept = await admin.jetstream().get_msg("REPORTS", ack.seq)
+    assert kept.headers == {"Nats-Msg-Id": "bp3mi-kalsel:hdr-1", "Traceparent": "00-abc-def-01"}
+    await admin.close()
+
+
+async def test_a_publish_the_stream_cannot_take_is_answered_with_an_error(secure: tuple[str, SecretStore]) -> None:
+    """With REPORTS gone the agency hears a 503 from the door at once, not silence: it sends again later."""
+    url, store = secure
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    await admin.jetstream().delete_stream("REPORTS")
+    await admin.close()
+    nc = await _agency(url, store, "bp3mi-kalsel")
+    with pytest.raises(nats.js.errors.ServiceUnavailableError, match="send it again"):
+        await nc.jetstream().publish("alur.report.bp3mi-kalsel", b"{}", headers={"Nats-Msg-Id": "x"}, timeout=10)
+    await nc.close()

@@ -55,7 +55,14 @@ from domain.validation import (
     rejected_event,
 )
 from runtime.app import ServiceApp, ServiceAsgi, read_body
-from runtime.bus import SafeError, key_value, publish, publish_raw, together
+from runtime.bus import (
+    SafeError,
+    key_value,
+    publish,
+    publish_raw,
+    scoped_msg_id,
+    together,
+)
 from runtime.message import Message
 from runtime.metrics import REPORT_OUTCOMES
 from runtime.settings import Settings, SettingsError
@@ -315,7 +322,7 @@ class Intake:
         that is not this reporter's same input (a NATS publisher may set any id) does not count, and the input
         is stored under an id made from its own bytes, which no other sender knows; a retry finds it there."""
         subject = subjects.report(reporter)
-        for msg_id in (f"{reporter}:{event_id}", f"{reporter}:{hashlib.sha256(body).hexdigest()}"):
+        for msg_id in (scoped_msg_id(reporter, event_id), scoped_msg_id(reporter, hashlib.sha256(body).hexdigest())):
             ack = await publish_raw(self.app.js, subject, body, msg_id=msg_id)
             if not ack.duplicate:
                 return ack, False
@@ -323,7 +330,7 @@ class Intake:
             if stored.subject == subject and stored.data == body:
                 return ack, True
             self.log.warning("report id taken by another sender; stored under another id", reporter=reporter)
-        return await publish_raw(self.app.js, subject, body, msg_id=f"{reporter}:{uuid.uuid4()}"), False
+        return await publish_raw(self.app.js, subject, body, msg_id=scoped_msg_id(reporter, str(uuid.uuid4()))), False
 
     async def _preview_follow_up(self, parsed: ParsedReport, received: datetime) -> ParsedReport | Rejection:
         """What the consumer will make of a follow-up: refused like an unknown case, merged, or rejected."""

@@ -1,0 +1,140 @@
+"""The NATS door: what an agency publishes on `alur.report.<id>` or `alur.response.<id>` is stored in REPORTS
+under a message id scoped by that agency (issue 17.8).
+
+JetStream dedups a stream by `Nats-Msg-Id` alone, and a publisher sets that header itself; were agencies to
+publish straight into REPORTS, an agency that sent another's next event id first would make that agency's
+report a "duplicate", acked and never stored. So agencies never write REPORTS themselves. Their account
+(`runtime.nats_auth`) imports `alur.report.*` and `alur.response.*` from ALUR as this door's subjects,
+`alur.ingest.report.*` and `alur.ingest.response.*`; the service that owns the input (intake for reports,
+notify for answers) relays each message into REPORTS on its reporter's subject:
+
+- `Nats-Msg-Id` becomes `<agency>:<id>`, the scope intake's and notify's HTTP doors store under too, so
+  JetStream answers `duplicate` only for the agency's own earlier message (sent over either door);
+- every other `Nats-*` header is dropped (the server's `Nats-Request-Info`, and any `Nats-Expected-*` a
+  publisher might use to learn the last id stored by someone else), and so is `Alur-Reply-To`, which only
+  Alur's own doors set;
+- REPORTS' answer (the PubAck, or JetStream's error) goes back to the agency unchanged, so its client reads
+  it exactly as a direct publish; with REPORTS unreachable the agency gets a 503 error and sends again.
+
+Each message is published in the order it came, without waiting for the one before to be stored: one
+instance keeps a publisher's order, and adds no round trip of its own. Instances share a queue group.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from contracts import subjects
+from contracts.vocab import AGENCY_ID_RE
+from runtime.bus import REPLY_HEADER, scoped_msg_id
+from runtime.security import service_inbox_prefix
+
+Kind = Literal["report", "response"]
+INGEST = "alur.ingest"
+AGENCIES_ACCOUNT = "AGENCIES"
+"""The account every agency's user is in (`runtime.nats_auth`)."""
+PENDING_FOR = 30.0
+"""Seconds a relayed message waits for REPORTS' answer; a publisher gave up long before (its timeout)."""
+UNAVAILABLE = (b'{"error":{"code":503,"err_code":10039,"description":"REPORTS did not answer; the input was not '
+               b'stored, send it again"}}')
+
+
+def door_subject(kind: Kind, agency: str = "*") -> str:
+    """Where the NATS door receives `kind` from `agency` inside ALUR (`*`: every agency)."""
+    return f"{INGEST}.{kind}.{agency}"
+
+
+def stored_headers(reporter: str, headers: dict[str, str] | None) -> dict[str, str]:
+    """The headers an input is stored with: the publisher's own, less `Nats-*` and Alur's reply header,
+    with its `Nats-Msg-Id` scoped by `reporter`."""
+    headers = headers or {}
+    kept = {k: v for k, v in headers.items()
+            if not k.lower().startswith("nats-") and k.lower() != REPLY_HEADER.lower()}
+    if msg_id := headers.get("Nats-Msg-Id"):
+        kept["Nats-Msg-Id"] = scoped_msg_id(reporter, msg_id)
+    return kept
+
+
+def published_by(msg: Msg, kind: Kind) -> str | None:
+    """The agency that published `msg` on its own `kind` subject, or None for what only looks so.
+
+    The server delivers on the door's subject, too, what it sends to a reply subject an agency named: a
+    referral pulled with `reply="alur.response.<id>"` (under the referral's own subject), an API status
+    (under a random token). Those come from ALUR's side of the import; an agency's publish crosses it from
+    AGENCIES, which the server writes in `Nats-Request-Info`."""
+    prefix = door_subject(kind, "")
+    reporter = msg.subject.removeprefix(prefix)
+    if not msg.subject.startswith(prefix) or not AGENCY_ID_RE.fullmatch(reporter):
+        return None
+    try:
+        origin = json.loads((msg.headers or {}).get("Nats-Request-Info", "{}")).get("acc")
+    except (ValueError, AttributeError):
+        return None
+    return reporter if origin == AGENCIES_ACCOUNT else None
+
+
+@dataclass
+class NatsDoor:
+    """One service's relay of one kind of input from the agencies' account into REPORTS."""
+
+    service: str
+    kind: Kind
+    _nc: Client | None = None
+    _inputs: Subscription | None = None
+    _answers: Subscription | None = None
+    _waiting: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
+    _tokens: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def _answer_prefix(self) -> str:
+        return f"{service_inbox_prefix(self.service)}.door"
+
+    async def start(self, nc: Client) -> None:
+        """Listen for REPORTS' answers, then for inputs (so no answer can come before its listener)."""
+        self._nc = nc
+        self._answers = await nc.subscribe(f"{self._answer_prefix}.*", cb=self._on_answer)
+        self._inputs = await nc.subscribe(door_subject(self.kind), queue=f"{self.service}-door",
+                                          cb=self._on_input, pending_msgs_limit=65536)
+        await nc.flush()
+
+    async def stop(self) -> None:
+        """Stop taking inputs; those already relayed keep their answer's listener until the connection ends."""
+        if self._inputs is not None:
+            await self._inputs.unsubscribe()
+            self._inputs = None
+
+    def problems(self) -> list[str]:
+        """Readiness: the door is listening."""
+        return [] if self._inputs is not None else [f"NATS door for {self.kind}s: not listening"]
+
+    async def _on_input(self, msg: Msg) -> None:
+        assert self._nc is not None
+        reporter = published_by(msg, self.kind)
+        if reporter is None:
+            return
+        now = time.monotonic()
+        while self._waiting and next(iter(self._waiting.values()))[1] < now:
+            self._waiting.popitem(last=False)
+        stored_on = subjects.report(reporter) if self.kind == "report" else subjects.response(reporter)
+        reply = ""
+        if msg.reply:
+            token = str(next(self._tokens))
+            self._waiting[token] = (msg.reply, now + PENDING_FOR)
+            reply = f"{self._answer_prefix}.{token}"
+        await self._nc.publish(stored_on, msg.data, reply=reply, headers=stored_headers(reporter, msg.headers) or None)
+
+    async def _on_answer(self, msg: Msg) -> None:
+        assert self._nc is not None
+        waiting = self._waiting.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if waiting is None:
+            return
+        await self._nc.publish(waiting[0], msg.data or UNAVAILABLE)  # no data: a status (503, no responders)
