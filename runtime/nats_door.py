@@ -17,14 +17,19 @@ notify for answers) relays each message into REPORTS on its reporter's subject:
   it exactly as a direct publish; with REPORTS unreachable the agency gets a 503 error and sends again.
 
 Each message is published in the order it came, without waiting for the one before to be stored: one
-instance keeps a publisher's order, and adds no round trip of its own. Instances share a queue group.
+instance keeps a publisher's order, and adds no round trip of its own. Instances share a queue group, so
+with two of them a publisher that needs order (an answer after the one before, a follow-up after its
+report) waits for each PubAck before the next publish (docs/integrating.md says so).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
@@ -93,10 +98,14 @@ class NatsDoor:
     _answers: Subscription | None = None
     _waiting: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
     _tokens: itertools.count[int] = field(default_factory=itertools.count)
+    _instance: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def _answer_prefix(self) -> str:
-        return f"{service_inbox_prefix(self.service)}.door"
+        """This instance's own: the service's other instances, and this one after a restart, count tokens
+        from 0 too, and an answer must reach only the input it answers."""
+        return f"{service_inbox_prefix(self.service)}.door.{self._instance}"
 
     async def start(self, nc: Client) -> None:
         """Listen for REPORTS' answers, then for inputs (so no answer can come before its listener)."""
@@ -106,11 +115,17 @@ class NatsDoor:
                                           cb=self._on_input, pending_msgs_limit=65536)
         await nc.flush()
 
-    async def stop(self) -> None:
-        """Stop taking inputs; those already relayed keep their answer's listener until the connection ends."""
-        if self._inputs is not None:
-            await self._inputs.unsubscribe()
-            self._inputs = None
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking inputs, relay those already received, and wait (up to `timeout` seconds) for REPORTS
+        to answer them, so each publisher hears its PubAck rather than a timeout."""
+        inputs, self._inputs = self._inputs, None
+        if inputs is None:
+            return
+        with contextlib.suppress(Exception):  # the connection may be gone already: nothing to drain then
+            await inputs.drain()
+            if self._waiting:
+                self._idle.clear()
+                await asyncio.wait_for(self._idle.wait(), timeout)
 
     def problems(self) -> list[str]:
         """Readiness: the door is listening."""
@@ -135,6 +150,8 @@ class NatsDoor:
     async def _on_answer(self, msg: Msg) -> None:
         assert self._nc is not None
         waiting = self._waiting.pop(msg.subject.rsplit(".", 1)[-1], None)
+        if not self._waiting:
+            self._idle.set()
         if waiting is None:
             return
         await self._nc.publish(waiting[0], msg.data or UNAVAILABLE)  # no data: a status (503, no responders)

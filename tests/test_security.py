@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -268,3 +270,32 @@ async def test_a_publish_the_stream_cannot_take_is_answered_with_an_error(secure
     with pytest.raises(nats.js.errors.ServiceUnavailableError, match="send it again"):
         await nc.jetstream().publish("alur.report.bp3mi-kalsel", b"{}", headers={"Nats-Msg-Id": "x"}, timeout=10)
     await nc.close()
+
+
+async def test_with_two_doors_each_publisher_hears_only_its_own_answers(secure: tuple[str, SecretStore]) -> None:
+    """Two instances of intake's door: every PubAck reaches the publish it answers. One agency's reports
+    are too large for REPORTS (each answered with an error), the other's are stored (each with its seq)."""
+    url, store = secure
+    second = await nats.connect(url, nkeys_seed_str=store.service_seed("intake"),
+                                inbox_prefix=service_inbox_prefix("intake"))
+    await NatsDoor("intake", "report").start(second)
+    small, large = await _agency(url, store, "bp3mi-kalsel"), await _agency(url, store, "polda-kalsel")
+    too_large = b"x" * 300_000
+
+    async def publish(nc: Client, subject: str, body: bytes) -> Any:
+        try:
+            return await nc.jetstream().publish(subject, body, timeout=10)
+        except nats.js.errors.APIError as exc:
+            return exc
+
+    answers = await asyncio.gather(*(publish(small, "alur.report.bp3mi-kalsel", b'{"n": %d}' % i) for i in range(40)),
+                                   *(publish(large, "alur.report.polda-kalsel", too_large) for _ in range(40)))
+    stored, refused = answers[:40], answers[40:]
+    assert all(isinstance(a, nats.js.errors.APIError) for a in refused), "no error turned into another's PubAck"
+    assert all(not isinstance(a, Exception) for a in stored)
+    assert len({a.seq for a in stored}) == 40
+    admin = await nats.connect(url, nkeys_seed_str=store.service_seed("admin"))
+    for ack in stored:
+        assert (await admin.jetstream().get_msg("REPORTS", ack.seq)).subject == "alur.report.bp3mi-kalsel"
+    for nc in (admin, small, large, second):
+        await nc.close()

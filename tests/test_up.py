@@ -114,11 +114,11 @@ async def test_kill_9_of_up_takes_its_children_and_the_next_up_starts(tmp_path: 
     # once the stopped intake's pull request has expired, the report waits in the stream rather than in its
     # socket (where only the 30 s ack wait would bring it back)
     await wait_for(lambda: _no_pull_waiting(admin), timeout=30)
+    # stored as intake's NATS door stores an agency's report (the door itself is in the stopped intake)
+    ack = await admin.jetstream().publish("alur.report.bp3mi-kalsel", json.dumps(REFERENCE_REPORT).encode(),
+                                          headers={"Nats-Msg-Id": f"bp3mi-kalsel:{REFERENCE_REPORT['id']}"},
+                                          timeout=5)
     await admin.close()
-    reporter = await first.agency("bp3mi-kalsel")
-    ack = await reporter.jetstream().publish("alur.report.bp3mi-kalsel", json.dumps(REFERENCE_REPORT).encode(),
-                                             timeout=5)
-    await reporter.close()
 
     first.process.kill()
     first.process.wait(10)
