@@ -43,9 +43,12 @@ sys.path.insert(0, str(REPO))
 
 from alur.embedded import EmbeddedServer, free_port  # noqa: E402
 from contracts.events import ReportData  # noqa: E402
+from runtime.nats_auth import accounts  # noqa: E402
+from runtime.nats_door import NatsDoor  # noqa: E402
 from runtime.profile import load_registry_file  # noqa: E402
 from runtime.provision import load_topology, provision  # noqa: E402
 from runtime.registry_store import RegistryStore  # noqa: E402
+from runtime.security import SecretStore, agency_inbox_prefix, service_inbox_prefix  # noqa: E402
 
 REPORTER = "bp3mi-kalsel"
 BARE = "bare nats-py: fetch+parse+ack"
@@ -165,6 +168,45 @@ async def real_intake(js: JetStreamContext, url: str, data_dir: Path, count: int
                        f"start-up {first - launched:.1f} s excluded")
 
 
+async def _timed_store(js: JetStreamContext, bodies: list[bytes], msg_id: Any) -> float:
+    start = time.perf_counter()
+    for i, body in enumerate(bodies):
+        await js.publish_async(f"alur.report.{REPORTER}", body, headers={"Nats-Msg-Id": msg_id(i)})
+    await js.publish_async_completed()
+    return time.perf_counter() - start
+
+
+async def through_the_door(count: int) -> list[Result]:
+    """The NATS door's cost (runtime.nats_door): on a server with Alur's accounts, the same reports stored
+    by the admin straight into REPORTS, and by the reporting agency's own user through intake's door (its
+    code, on intake's user, in this process)."""
+    root = Path(tempfile.mkdtemp(prefix="alur-bench-door-"))
+    secrets, registry = SecretStore(root / "data"), load_registry_file()
+    server = EmbeddedServer(data_dir=root / "data", port=free_port(), sync_always=False)
+    server.start(accounts(secrets, registry))
+    connections = []
+    try:
+        admin = await nats.connect(server.url, nkeys_seed_str=secrets.service_seed("admin"))
+        intake = await nats.connect(server.url, nkeys_seed_str=secrets.service_seed("intake"),
+                                    inbox_prefix=service_inbox_prefix("intake"))
+        agency = await nats.connect(server.url, nkeys_seed_str=secrets.agency(REPORTER).nkey_seed,
+                                    inbox_prefix=agency_inbox_prefix(REPORTER))
+        connections = [admin, intake, agency]
+        await provision(admin.jetstream(timeout=10), registry=registry)
+        await NatsDoor("intake", "report").start(intake)
+        bodies = [json.dumps(bench_report(i)).encode() for i in range(count)]
+        direct = await _timed_store(admin.jetstream(timeout=10), bodies, lambda i: f"{REPORTER}:direct-{i}")
+        door = await _timed_store(agency.jetstream(timeout=10), bodies, lambda i: f"door-{i}")
+        return [Result("store, Alur's accounts: admin straight into REPORTS", count, direct),
+                Result("store, Alur's accounts: the agency through intake's NATS door", count, door,
+                       note=f"{door / direct:.2f} × the time straight in")]
+    finally:
+        for nc in connections:
+            await nc.close()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 async def run(count: int = 2000, timeout: float = 120.0) -> list[Result]:
     root = Path(tempfile.mkdtemp(prefix="alur-bench-"))
     server = EmbeddedServer(data_dir=root / "nats", port=free_port(), sync_always=False)
@@ -183,7 +225,7 @@ async def run(count: int = 2000, timeout: float = 120.0) -> list[Result]:
             results.append(await bare_consumer(js, count, durable="bench-bare", work=False))
             results.append(await bare_consumer(js, count, durable="bench-bare-work", work=True))
             results.append(await real_intake(js, server.url, root, count, timeout))
-            return results
+            return results + await through_the_door(count)
         finally:
             await nc.close()
     finally:
