@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -41,6 +41,7 @@ from nats.aio.subscription import Subscription
 from contracts import subjects
 from contracts.vocab import AGENCY_ID_RE
 from runtime.bus import REPLY_HEADER, scoped_msg_id
+from runtime.logs import get_logger
 from runtime.security import service_inbox_prefix
 
 Kind = Literal["report", "response"]
@@ -87,6 +88,15 @@ def published_by(msg: Msg, kind: Kind) -> str | None:
     return reporter if origin == AGENCIES_ACCOUNT else None
 
 
+def refusal_code(answer: bytes) -> int | None:
+    """JetStream's error code in a refused publish's answer (503 unavailable, 400 too large ...)."""
+    try:
+        error = json.loads(answer).get("error", {})
+        return int(error.get("code")) if isinstance(error, dict) else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 @dataclass
 class NatsDoor:
     """One service's relay of one kind of input from the agencies' account into REPORTS."""
@@ -96,7 +106,9 @@ class NatsDoor:
     _nc: Client | None = None
     _inputs: Subscription | None = None
     _answers: Subscription | None = None
-    _waiting: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)
+    _waiting: OrderedDict[str, tuple[str, str, float]] = field(default_factory=OrderedDict)
+    """Token -> (the publisher's reply subject, its agency, when to stop waiting for REPORTS' answer)."""
+    log: Any = field(default_factory=lambda: get_logger("alur.nats_door"))
     _tokens: itertools.count[int] = field(default_factory=itertools.count)
     _instance: str = field(default_factory=lambda: uuid.uuid4().hex)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -137,13 +149,13 @@ class NatsDoor:
         if reporter is None:
             return
         now = time.monotonic()
-        while self._waiting and next(iter(self._waiting.values()))[1] < now:
+        while self._waiting and next(iter(self._waiting.values()))[2] < now:
             self._waiting.popitem(last=False)
         stored_on = subjects.report(reporter) if self.kind == "report" else subjects.response(reporter)
         reply = ""
         if msg.reply:
             token = str(next(self._tokens))
-            self._waiting[token] = (msg.reply, now + PENDING_FOR)
+            self._waiting[token] = (msg.reply, reporter, now + PENDING_FOR)
             reply = f"{self._answer_prefix}.{token}"
         await self._nc.publish(stored_on, msg.data, reply=reply, headers=stored_headers(reporter, msg.headers) or None)
 
@@ -154,4 +166,8 @@ class NatsDoor:
             self._idle.set()
         if waiting is None:
             return
-        await self._nc.publish(waiting[0], msg.data or UNAVAILABLE)  # no data: a status (503, no responders)
+        answer = msg.data or UNAVAILABLE  # no data: a status (503, no responders)
+        if b'"error"' in answer[:16]:
+            self.log.warning("NATS door: an input was not stored", kind=self.kind, reporter=waiting[1],
+                             code=refusal_code(answer))
+        await self._nc.publish(waiting[0], answer)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.msg import Msg
 
-from runtime.nats_door import door_subject, published_by, stored_headers
+from runtime.nats_door import UNAVAILABLE, door_subject, published_by, refusal_code, stored_headers
 
 FROM_AGENCIES = {"Nats-Request-Info": json.dumps({"acc": "AGENCIES", "rtt": 1000})}
 
@@ -50,3 +50,10 @@ def test_whatever_the_publisher_sets_the_id_is_under_its_own_scope(headers: dict
     kept = stored_headers("polres-kotabaru", headers | {"Nats-Msg-Id": msg_id})
     assert kept["Nats-Msg-Id"] == f"polres-kotabaru:{msg_id}"
     assert all(not k.lower().startswith("nats-") for k in kept if k != "Nats-Msg-Id")
+
+
+def test_a_refusal_names_jetstreams_code_and_nothing_else() -> None:
+    assert refusal_code(b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum"}}') == 400
+    assert refusal_code(UNAVAILABLE) == 503
+    assert refusal_code(b'{"error": "x"}') is None
+    assert refusal_code(b"not json") is None
