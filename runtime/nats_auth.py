@@ -7,8 +7,9 @@ Two accounts keep agencies apart from Alur's streams:
   that is not its own.
 - `AGENCIES` holds one user per agency. It imports from `ALUR`, as services, the agencies' report and
   response subjects (mapped to the NATS door's, `runtime.nats_door`: intake and notify store them in
-  REPORTS under ids scoped by the agency) and the MSG.NEXT and ACK subjects of their consumers (not CONSUMER.INFO: through a
-  service import the JetStream API answers it with 503 "JetStream not enabled for account"); each agency's user may use
+  REPORTS under ids scoped by the agency) and the MSG.NEXT and ACK subjects of their consumers (not
+  CONSUMER.INFO: through a service import the JetStream API answers it with 503 "JetStream not enabled
+  for account"); each agency's user may use
   only its own (`alur.report.<id>`, `alur.response.<id>`, consumer `agency-<id>`) and read replies only
   under its own inbox prefix. nats-server does not check a request's reply subject against publish
   permissions; in an account of their own, the agencies' reply subjects live in their own namespace, so a
@@ -41,7 +42,6 @@ ADMIN = "admin"
 API = "$JS.API"
 NOBODY = "UD7ODMA4PATBGFEH7TEKABWKU5T2VVCO64R2PIOWNIPRHLW2ALWPTDJK"
 """A user key whose seed was thrown away: nats-server wants a user in an account with no agency yet."""
-
 
 
 def agency_subjects(agency_id: str, stream: str = REFERRALS_STREAM) -> list[str]:

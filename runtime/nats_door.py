@@ -32,7 +32,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -97,6 +97,14 @@ def refusal_code(answer: bytes) -> int | None:
         return None
 
 
+class Waiting(NamedTuple):
+    """A relayed input whose publisher waits for REPORTS' answer."""
+
+    reply: str
+    reporter: str
+    until: float
+
+
 @dataclass
 class NatsDoor:
     """One service's relay of one kind of input from the agencies' account into REPORTS."""
@@ -106,8 +114,7 @@ class NatsDoor:
     _nc: Client | None = None
     _inputs: Subscription | None = None
     _answers: Subscription | None = None
-    _waiting: OrderedDict[str, tuple[str, str, float]] = field(default_factory=OrderedDict)
-    """Token -> (the publisher's reply subject, its agency, when to stop waiting for REPORTS' answer)."""
+    _waiting: OrderedDict[str, Waiting] = field(default_factory=OrderedDict)
     log: Any = field(default_factory=lambda: get_logger("alur.nats_door"))
     _tokens: itertools.count[int] = field(default_factory=itertools.count)
     _instance: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -135,6 +142,7 @@ class NatsDoor:
             return
         with contextlib.suppress(Exception):  # the connection may be gone already: nothing to drain then
             await inputs.drain()
+            self._prune(time.monotonic())
             if self._waiting:
                 self._idle.clear()
                 await asyncio.wait_for(self._idle.wait(), timeout)
@@ -143,21 +151,26 @@ class NatsDoor:
         """Readiness: the door is listening."""
         return [] if self._inputs is not None else [f"NATS door for {self.kind}s: not listening"]
 
+    def _prune(self, now: float) -> None:
+        """Forget the inputs whose publishers stopped waiting (oldest first: they wait in arrival order)."""
+        while self._waiting and next(iter(self._waiting.values())).until < now:
+            self._waiting.popitem(last=False)
+
     async def _on_input(self, msg: Msg) -> None:
         assert self._nc is not None
         reporter = published_by(msg, self.kind)
         if reporter is None:
             return
         now = time.monotonic()
-        while self._waiting and next(iter(self._waiting.values()))[2] < now:
-            self._waiting.popitem(last=False)
+        self._prune(now)
         stored_on = subjects.report(reporter) if self.kind == "report" else subjects.response(reporter)
         reply = ""
         if msg.reply:
             token = str(next(self._tokens))
-            self._waiting[token] = (msg.reply, reporter, now + PENDING_FOR)
+            self._waiting[token] = Waiting(msg.reply, reporter, now + PENDING_FOR)
             reply = f"{self._answer_prefix}.{token}"
-        await self._nc.publish(stored_on, msg.data, reply=reply, headers=stored_headers(reporter, msg.headers) or None)
+        headers = stored_headers(reporter, msg.headers) or None
+        await self._nc.publish(stored_on, msg.data, reply=reply, headers=headers)
 
     async def _on_answer(self, msg: Msg) -> None:
         assert self._nc is not None
@@ -168,6 +181,6 @@ class NatsDoor:
             return
         answer = msg.data or UNAVAILABLE  # no data: a status (503, no responders)
         if b'"error"' in answer[:16]:
-            self.log.warning("NATS door: an input was not stored", kind=self.kind, reporter=waiting[1],
-                             code=refusal_code(answer))
-        await self._nc.publish(waiting[0], answer)
+            self.log.warning("NATS door: an input was not stored", kind=self.kind, reporter=waiting.reporter,
+                              code=refusal_code(answer))
+        await self._nc.publish(waiting.reply, answer)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from nats.js import JetStreamContext
@@ -34,6 +34,7 @@ from contracts.vocab import AgencyType, Channel
 from domain.durations import Duration
 from domain.registry import AgencyRegistry
 from runtime.bus import when_available
+from runtime.nats_door import Kind
 from runtime.settings import Settings
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class ServiceSpec(BaseModel):
     reads: list[str] = Field(default_factory=list)
     deletes_from: list[str] = Field(default_factory=list)
     """Streams it may delete single messages from (intake: refused inputs, once their retention ends)."""
-    nats_door: Literal["report", "response"] | None = None
+    nats_door: Kind | None = None
     """The agencies' input this service relays into REPORTS from the agencies' account (`runtime.nats_door`)."""
     answers: list[str] = Field(default_factory=list)
     """Services whose response door waits on its own inbox for this service's decision (notify answers the
