@@ -20,8 +20,8 @@ from runtime.metrics import (
     level_label,
     subject_pattern,
 )
-from services.notify.gauges import Standing, standing, tally
-from services.notify.state import apply, new_state
+from services.notify.gauges import ReferralGauges, Standing, Written, standing, tally
+from services.notify.state import ReferralState, apply, new_state
 from tests.referral_support import T0, request
 
 S = ReferralStatus
@@ -84,3 +84,38 @@ def test_open_and_overdue_follow_the_running_deadline(policy) -> None:
     assert tally([later], after) == ({"social_services": 1}, {})
     closed = apply(acknowledged, S.REJECTED, "agency", at=T0, reason="no_capacity_waitlist")
     assert standing(closed) is None
+
+
+def _states(policy) -> list[ReferralState]:
+    state = new_state(request(policy), policy, T0)
+    acknowledged = apply(state, S.ACKNOWLEDGED, "agency", at=T0)
+    return [state, acknowledged, apply(acknowledged, S.REJECTED, "agency", at=T0, reason="no_capacity_waitlist")]
+
+
+def test_a_written_standing_is_found_only_for_the_same_bytes(policy) -> None:
+    first, second, _ = _states(policy)
+    written = Written(capacity=2)
+    written.add("r1", first.model_dump_json().encode(), first)
+    assert written.take("r1", second.model_dump_json().encode()) == (False, None), "other bytes: parse them"
+    assert written.take("r1", first.model_dump_json().encode()) == (True, standing(first))
+    assert written.take("r1", first.model_dump_json().encode()) == (False, None), "taken once"
+    for key in ("a", "b", "c"):
+        written.add(key, b"x", first)
+    assert written.take("a", b"x") == (False, None), "the oldest is dropped past the capacity"
+    assert written.take("c", b"x") == (True, standing(first))
+
+
+@given(st.lists(st.tuples(st.sampled_from(["r1", "r2", "r3"]), st.integers(0, 2), st.booleans(),
+                          st.booleans()), max_size=30))
+def test_the_gauges_count_the_same_whether_a_write_was_this_process_or_another(policy, writes) -> None:
+    """Own writes skip the parse; the standings come out as if every write had been parsed."""
+    states = _states(policy)
+    parsed, cached = ReferralGauges(None, Written(capacity=2)), ReferralGauges(None, Written(capacity=2))  # type: ignore[arg-type]
+    for key, n, own, stored in writes:
+        payload = states[n].model_dump_json().encode()
+        if own:
+            cached.written.add(key, payload, states[n])
+        if stored:
+            parsed._apply(key, payload)
+            cached._apply(key, payload)
+    assert cached.standings == parsed.standings

@@ -25,7 +25,7 @@ from contracts.events import Case, CaseEventData, RegionFlaggedData
 from contracts.records import RegionMonth
 from domain.regions import BASELINE_MONTHS, case_month, count, detect, month_shift
 from runtime.app import ServiceApp
-from runtime.bus import SafeError, publish
+from runtime.bus import SafeError, key_value, publish, together
 from runtime.message import Message
 
 SINCE_KEY = "since"
@@ -126,15 +126,19 @@ async def tally(js: JetStreamContext, case: Case,
                 say: Callable[[RegionFlaggedData], Awaitable[None]]) -> list[RegionFlaggedData]:
     """Count `case` into its regency's month, judge that month, and `say` each flag not said before.
 
+    The month's count, the first month counted and the six months before it are read (and the count
+    written) side by side: each is its own key, and the judgement needs all of them.
+
     A flag is recorded as said only after `say` returned, so a crash in between says it again (the
     event id makes JetStream drop the repeat)."""
-    kv = await js.key_value(Bucket.REGIONS)
+    kv = await key_value(js, Bucket.REGIONS)
     regency, month = case.regency.value, case_month(case)
     key = month_key(regency, month)
-    record = await _update(kv, key, lambda r: counted(r or RegionMonth(regency=case.regency, month=month), case))
-    since = await _since(kv, month)
     months = [month_shift(month, -k) for k in range(BASELINE_MONTHS, 0, -1)]
-    history = [r for m in months if (r := await _month(kv, regency, m)) is not None]
+    record, since, *earlier = await together(
+        _update(kv, key, lambda r: counted(r or RegionMonth(regency=case.regency, month=month), case)),
+        _since(kv, month), *(_month(kv, regency, m) for m in months))
+    history = [r for r in earlier if r is not None]
     flags = detect(counters([*history, record]), since=since, months=[month], regencies=[regency])
     new = [f for f in flags if f"{f.dimension}.{f.value}" not in record.flagged]
     for flag in new:

@@ -31,7 +31,7 @@ from runtime.profile import profile_dir
 from runtime.settings import Settings
 from services.notify.context import NotifyContext
 from services.notify.delivery import Delivery
-from services.notify.gauges import ReferralGauges
+from services.notify.gauges import ReferralGauges, Written
 from services.notify.mailing import EmailNotices
 from services.notify.responses import Responses
 from services.notify.store import ReferralStore
@@ -62,9 +62,10 @@ def create_app(settings: Settings | None = None) -> ServiceAsgi:
     app = ServiceApp("notify", settings)
     policy = load_policy(profile_dir(app.settings) / "escalation.yaml", scale=app.settings.sla_scale)
     ctx = NotifyContext(app, policy)
-    store = ReferralStore(ctx)
+    written = Written()
+    store = ReferralStore(ctx, written)
     parts = (Delivery(ctx, store), EmailNotices(ctx, store), Responses(ctx, store), Timers(ctx, store),
-             ReferralGauges(ctx))
+             ReferralGauges(ctx, written))
     for part in parts:
         part.register()
     declare_counters(app, policy)

@@ -3,14 +3,15 @@
 `ReferralGauges` walks the whole `referrals` bucket at start (one entry at a time, keeping only each open
 referral's standing) and then follows every change to it, so the gauges are right after a restart and the
 same on every instance of notify. What counts is decided by the pure `standing` (one referral) and `tally`
-(all of them, at a moment).
+(all of them, at a moment). A state this process has just written comes back through the bucket as the
+same bytes: `Written` keeps its standing by those bytes, so following the bucket does not parse it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,11 +54,38 @@ def tally(standings: Iterable[Standing], now: datetime) -> tuple[dict[str, int],
     return dict(open_by), dict(overdue_by)
 
 
+class Written:
+    """The standings of states this process just wrote, by key and exact bytes (a bounded, oldest-first map).
+
+    A standing is a function of the state's bytes, so one found here for the same bytes is the standing a
+    parse would give, whether or not that write was the one stored; a miss only costs the parse."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._by_key: OrderedDict[str, tuple[bytes, Standing | None]] = OrderedDict()
+
+    def add(self, key: str, payload: bytes, state: ReferralState) -> None:
+        """Remember the standing of `state`, about to be written under `key` as `payload`."""
+        self._by_key[key] = (payload, standing(state))
+        self._by_key.move_to_end(key)
+        while len(self._by_key) > self.capacity:
+            self._by_key.popitem(last=False)
+
+    def take(self, key: str, value: bytes) -> tuple[bool, Standing | None]:
+        """(True, its standing) when `value` is what this process wrote under `key` last; else (False, None)."""
+        known = self._by_key.get(key)
+        if known is None or known[0] != value:
+            return False, None
+        del self._by_key[key]
+        return True, known[1]
+
+
 class ReferralGauges:
     """Follows the `referrals` bucket and sets `alur_referrals_open` / `alur_referrals_overdue` at each scrape."""
 
-    def __init__(self, ctx: NotifyContext) -> None:
+    def __init__(self, ctx: NotifyContext, written: Written | None = None) -> None:
         self.ctx = ctx
+        self.written = written or Written()
         self.standings: dict[str, Standing] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -70,10 +98,12 @@ class ReferralGauges:
         if not value:
             self.standings.pop(key, None)
             return
-        try:
-            found = standing(ReferralState.model_validate_json(value))
-        except ValidationError:
-            return
+        known, found = self.written.take(key, value)
+        if not known:
+            try:
+                found = standing(ReferralState.model_validate_json(value))
+            except ValidationError:
+                return
         if found is None:
             self.standings.pop(key, None)
         else:

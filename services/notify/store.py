@@ -34,6 +34,7 @@ from domain.lifecycle import Actor
 from runtime.bus import SafeError, key_value, publish, scan, together
 from services.notify.context import NotifyContext
 from services.notify.escalation import arm
+from services.notify.gauges import Written
 from services.notify.state import ReferralEvent, ReferralState, apply, fold, new_state
 
 CAS_ATTEMPTS = 5
@@ -58,9 +59,10 @@ class StateTooLarge(SafeError):
 class ReferralStore:
     """Notify's referral states, their facts and their timers."""
 
-    def __init__(self, ctx: NotifyContext) -> None:
+    def __init__(self, ctx: NotifyContext, written: Written | None = None) -> None:
         self.ctx = ctx
         self.log = ctx.log
+        self.written = written
 
     async def bucket(self) -> KeyValue:
         """The KV bucket `referrals`, keyed by referral id."""
@@ -81,6 +83,8 @@ class ReferralStore:
         if len(payload) > MAX_STATE_BYTES:
             raise StateTooLarge(
                 f"referral {state.referral_id} state would be {len(payload)} bytes, over {MAX_STATE_BYTES}")
+        if self.written is not None:
+            self.written.add(state.referral_id, payload, state)
         try:
             if revision is None:
                 await kv.create(state.referral_id, payload)
