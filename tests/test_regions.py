@@ -23,8 +23,9 @@ from domain.regions import (
     poisson_quantile,
 )
 from runtime.provision import provision
-from services.intake.regions import tally
+from services.intake.regions import RegionBook, tally
 from tests.conftest import synthetic_case
+from tests.support import wait_for
 
 MONTHS = months_between("2026-01", "2026-12")
 
@@ -114,27 +115,44 @@ def test_every_flag_rises_past_its_bound_and_shows_no_group_under_the_minimum(
 
 # ---------------------------------------------------------------- intake's consumer side, against a real broker
 
-async def test_tally_counts_each_case_once_and_flags_a_group_once_a_month(nc: Client) -> None:
+@pytest.mark.parametrize(("with_book", "another_instance_wrote_the_history"),
+                         [(False, False), (True, False), (True, True)],
+                         ids=["reading-the-bucket", "with-a-book", "with-a-book-following-another-instance"])
+async def test_tally_counts_each_case_once_and_flags_a_group_once_a_month(
+    nc: Client, with_book: bool, another_instance_wrote_the_history: bool,
+) -> None:
+    """The same judgement whether the months before are read on each case or held in a `RegionBook`, and
+    whether the book took them in as this process wrote them or from the bucket (another instance)."""
     js = nc.jetstream(timeout=10)
     await provision(js)
     said: list[RegionFlaggedData] = []
+    book = RegionBook() if with_book else None
+    if book:
+        await book.follower.start(js)
+    history_book = None if another_instance_wrote_the_history else book
 
     async def say(flag: RegionFlaggedData) -> None:
         said.append(flag)
 
-    for month, n in zip(MONTHS[:6], [11, 12, 10, 13, 11, 12], strict=True):  # a steady Banjarmasin
-        for i in range(n):
-            await tally(js, synthetic_case(i, "6371", month), say)
-    for i in range(12):  # and a steady Banjarbaru that stays within its bound in July
-        for month in MONTHS[:7]:
-            await tally(js, synthetic_case(i, "6372", month, modus="sponsor_calo"), say)
-    assert said == []
+    try:
+        for month, n in zip(MONTHS[:6], [11, 12, 10, 13, 11, 12], strict=True):  # a steady Banjarmasin
+            for i in range(n):
+                await tally(js, synthetic_case(i, "6371", month), say, history_book)
+        for i in range(12):  # and a steady Banjarbaru that stays within its bound in July
+            for month in MONTHS[:7]:
+                await tally(js, synthetic_case(i, "6372", month, modus="sponsor_calo"), say, history_book)
+        assert said == []
+        if book and another_instance_wrote_the_history:
+            await wait_for(lambda: (m := book.month("6371", MONTHS[5])) is not None and m.counts["cases.all"] == 12)
 
-    july = [synthetic_case(i, "6371", "2026-07") for i in range(30)]
-    for case in july:
-        await tally(js, case, say)
-    for case in july[:5]:  # redelivered or replayed registrations count nothing and flag nothing again
-        assert await tally(js, case, say) == []
+        july = [synthetic_case(i, "6371", "2026-07") for i in range(30)]
+        for case in july:
+            await tally(js, case, say, book)
+        for case in july[:5]:  # redelivered or replayed registrations count nothing and flag nothing again
+            assert await tally(js, case, say, book) == []
+    finally:
+        if book:
+            await book.follower.stop()
 
     assert {(f.regency.value, f.dimension, f.value) for f in said} == {
         ("6371", "cases", "all"), ("6371", "exploitation", "online_scam"),
@@ -158,3 +176,16 @@ def test_the_plot_draws_regencies_with_groups_of_ten_and_marks_the_flags(tmp_pat
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     with pytest.raises(GroupTooSmall):
         plot_regions(tmp_path / "small.png", counters, flags, min_group=5)
+
+
+def test_a_book_keeps_the_latest_revision_of_each_month() -> None:
+    book = RegionBook()
+    newer = RegionMonth(regency="6371", month="2026-07", counts={"cases.all": 3})
+    book.took("6371.2026-07", newer, 9)
+    book.apply("6371.2026-07", newer.model_copy(update={"counts": {"cases.all": 2}}).model_dump_json().encode(), 8)
+    assert book.month("6371", "2026-07").counts == {"cases.all": 3}, "an older revision arriving late is ignored"
+    book.apply("6371.2026-07", None, 10)
+    assert book.month("6371", "2026-07") is None
+    book.apply("since", b"2026-01", 4)
+    book.apply("since", b"2026-03", 3)
+    assert book.since == (4, "2026-01")

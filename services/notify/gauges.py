@@ -1,27 +1,24 @@
 """Open and overdue referrals per agency type, from notify's state in KV (not from what this process did).
 
 `ReferralGauges` walks the whole `referrals` bucket at start (one entry at a time, keeping only each open
-referral's standing) and then follows every change to it, so the gauges are right after a restart and the
-same on every instance of notify. What counts is decided by the pure `standing` (one referral) and `tally`
-(all of them, at a moment). A state this process has just written comes back through the bucket as the
-same bytes: `Written` keeps its standing by those bytes, so following the bucket does not parse it again.
+referral's standing) and then follows every change to it (`runtime.kv_follow`), so the gauges are right
+after a restart and the same on every instance of notify. What counts is decided by the pure `standing`
+(one referral) and `tally` (all of them, at a moment). A state this process has just written comes back
+through the bucket as the same bytes: `Written` keeps its standing by those bytes, so following the
+bucket does not parse it again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from contracts.buckets import Bucket
-from runtime.bus import KV_OPERATION, kv_entries, kv_last_seq
+from runtime.kv_follow import BucketFollower
 from services.notify.context import NotifyContext
 from services.notify.escalation import deadlines
 from services.notify.state import ReferralState
@@ -87,14 +84,14 @@ class ReferralGauges:
         self.ctx = ctx
         self.written = written or Written()
         self.standings: dict[str, Standing] = {}
-        self._task: asyncio.Task[None] | None = None
+        self.follower = BucketFollower(Bucket.REFERRALS, self._apply)
 
     def register(self) -> None:
         self.ctx.app.on_started(self._start)
-        self.ctx.app.on_stopping(self._stop)
+        self.ctx.app.on_stopping(self.follower.stop)
         self.ctx.app.on_scrape(self._refresh)
 
-    def _apply(self, key: str, value: bytes | None) -> None:
+    def _apply(self, key: str, value: bytes | None, _revision: int = 0) -> None:
         if not value:
             self.standings.pop(key, None)
             return
@@ -110,31 +107,7 @@ class ReferralGauges:
             self.standings[key] = found
 
     async def _start(self) -> None:
-        js = self.ctx.js
-        last = await kv_last_seq(js, Bucket.REFERRALS)
-        async for entry in kv_entries(js, Bucket.REFERRALS):
-            self._apply(entry.key, entry.value)
-            last = max(last, entry.seq)
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
-        sub = await js.subscribe(f"$KV.{Bucket.REFERRALS}.>", stream=f"KV_{Bucket.REFERRALS}",
-                                 ordered_consumer=True, config=config)
-        self._task = asyncio.create_task(self._follow(sub))
-
-    async def _follow(self, sub: Any) -> None:
-        prefix = f"$KV.{Bucket.REFERRALS}."
-        try:
-            async for msg in sub.messages:
-                deleted = (msg.headers or {}).get(KV_OPERATION) in ("DEL", "PURGE")
-                self._apply(msg.subject[len(prefix):], None if deleted else msg.data)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.follower.start(self.ctx.js)
 
     async def _refresh(self) -> None:
         self.ctx.app.metrics.referrals_now(*tally(self.standings.values(), self.ctx.now()))
