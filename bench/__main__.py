@@ -66,6 +66,24 @@ def e2e_table(result: bench_e2e.E2EResult) -> Table:
     return table
 
 
+def cpu_table(result: bench_e2e.E2EResult) -> Table:
+    """CPU seconds per process over each burst: where the machine's two cores went."""
+    runs = [("a. alur burst", result.alur), ("b. bare nats-py pipeline", result.bare)]
+    runs += [(f"f. {label}, sync_interval: always", result.sync_always[key])
+             for key, label in (("alur", "alur burst"), ("bare", "bare pipeline")) if key in result.sync_always]
+    names = list(dict.fromkeys(name for _, b in runs for name in b.cpu))
+    table = Table(title="CPU seconds (user + system) over each burst, per process",
+                  caption="alur: from the first publish until every referral was delivered; bare: until its last "
+                          "referral; 'bench process' holds the bare pipeline's stages and the bench's watches")
+    table.add_column("burst")
+    for name in [*names, "per case, ms"]:
+        table.add_column(name, justify="right")
+    for label, b in runs:
+        per_case = sum(b.cpu.values()) / b.cases * 1000 if b.cases else float("nan")
+        table.add_row(label, *(f"{b.cpu[n]:.2f}" if n in b.cpu else "" for n in names), f"{per_case:.1f}")
+    return table
+
+
 def timers_table(result: bench_timers.TimersResult) -> Table:
     table = Table(title=f"e. Notify with {result.open_referrals:,} open referrals, timers armed",
                   caption=f"{result.due_timers} timers falling due over a few seconds; lateness = escalation "
@@ -141,6 +159,7 @@ def main() -> None:
         result = asyncio.run(bench_e2e.run(args.reports, seconds=args.seconds, sync_always=not args.no_sync, **e2e))
         results["e2e"] = result.to_json()
         console.print(e2e_table(result))
+        console.print(cpu_table(result))
     if args.only in (None, "timers"):
         passes = 0 if args.size == "tiny" else bench_timers.AUDIT_PASSES
         timers = asyncio.run(bench_timers.run(args.open, args.due, audit_passes=passes))

@@ -33,7 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from bench.bench_messaging import REPORTER, bench_report
-from bench.stack import CASE_KEY, Broker, Services, broker, services
+from bench.stack import CASE_KEY, Broker, Services, broker, cpu_seconds, services
 from domain.cases import case_id_for
 from runtime.profile import load_registry_file, profile_dir
 from services.routing.decide import decide
@@ -137,6 +137,9 @@ class Burst:
     delivered_seconds: float | None = None
     """When notify had tracked (delivered) every referral; None if it had not within the timeout."""
     delivered_cases: int | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (user + system) each process spent from the first publish until the run was over (Alur:
+    every referral delivered, or the timeout): the services, the bench's own process, the broker."""
 
     @property
     def cases_per_s(self) -> float:
@@ -170,6 +173,25 @@ async def publish_burst(js: JetStreamContext, subject: str, reports: Sequence[di
     return started
 
 
+class CpuMeter:
+    """CPU seconds spent since it was made, by the services (if any), this process and the broker."""
+
+    def __init__(self, b: Broker, running: Services | None = None) -> None:
+        self.b, self.running = b, running
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        own = time.process_time()
+        services = self.running.cpu_s() if self.running else {}
+        server = self.b.server.process
+        assert server is not None, "the broker runs"
+        return {**services, "bench process": own, "nats-server": cpu_seconds(server.pid)}
+
+    def spent(self) -> dict[str, float]:
+        now = self._now()
+        return {name: round(now[name] - self.start[name], 2) for name in now}
+
+
 class Alur:
     """The real services on a broker, with watches on what they state."""
 
@@ -197,11 +219,12 @@ class Alur:
         async def send() -> None:
             started.append(await publish_burst(self.b.js, f"alur.report.{REPORTER}", reports))
 
+        cpu = CpuMeter(self.b, self.running)
         requested, delivered = await self.run(reports, send, "alur burst", timeout)
         all_delivered = delivered.done.is_set()
         return Burst("alur", len(reports), sum(requested.seen.values()), max(requested.last.values()) - started[0],
                      max(delivered.last.values()) - started[0] if all_delivered else None,
-                     delivered_cases=delivered.complete)
+                     delivered_cases=delivered.complete, cpu=cpu.spent())
 
     async def steady(self, rate: float, seconds: float, tag: str, timeout: float) -> Steady:
         reports = [e2e_report(i, tag) for i in range(max(1, round(rate * seconds)))]
@@ -263,6 +286,7 @@ async def bare_pipeline(b: Broker, reports: Sequence[dict[str, Any]], expected: 
                              headers={"Nats-Msg-Id": referral["id"]}, timeout=5)
 
     sub = await watch(js, "bench.referral.requested.*", BARE_STREAM, progress.add)
+    cpu = CpuMeter(b)
     stages = [asyncio.create_task(stage(f"bare-case-{tag}", "bench.report.*", to_case)),
               asyncio.create_task(stage(f"bare-ref-{tag}", "bench.case.*", to_referrals))]
     try:
@@ -274,7 +298,8 @@ async def bare_pipeline(b: Broker, reports: Sequence[dict[str, Any]], expected: 
             task.cancel()
         await asyncio.gather(*stages, return_exceptions=True)
         await sub.unsubscribe()
-    return Burst("bare nats-py", len(reports), sum(progress.seen.values()), max(progress.last.values()) - started)
+    return Burst("bare nats-py", len(reports), sum(progress.seen.values()), max(progress.last.values()) - started,
+                 cpu=cpu.spent())
 
 
 @dataclass

@@ -84,12 +84,22 @@ class Services:
         """The first service that exited, if any."""
         return next((n for n, p in self.processes.items() if p.poll() is not None), None)
 
+    def cpu_s(self) -> dict[str, float]:
+        """Each service's CPU time so far (user + system, Linux /proc), in seconds."""
+        return {name: cpu_seconds(process.pid) for name, process in self.processes.items()}
+
     def rss_mb(self, name: str) -> float:
         """The service's resident memory now (Linux /proc), in MB."""
         for line in Path(f"/proc/{self.pid(name)}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system, from /proc/<pid>/stat), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def service_env(url: str, data_dir: Path, http: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
