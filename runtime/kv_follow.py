@@ -3,8 +3,8 @@
 `BucketFollower` hands each key's value (None once deleted or purged) and revision to the reader's
 `apply`, first for every key the bucket holds (`runtime.bus.kv_entries`, one entry at a time), then for
 every later write in the order the bucket's stream stored it (an ordered consumer from the sequence after
-the walk). What the reader keeps of each value is its own choice; `ready` is set once the walk is done,
-so a reader can tell a bucket it has not read yet from an empty one.
+the walk). What the reader keeps of each value is its own choice. Started from an `on_started` hook, the
+walk is done before any subscriber of the service consumes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ class BucketFollower:
     def __init__(self, bucket: str, apply: Apply) -> None:
         self.bucket = bucket
         self.apply = apply
-        self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, js: JetStreamContext) -> None:
@@ -42,7 +41,6 @@ class BucketFollower:
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1)
         sub = await js.subscribe(f"$KV.{self.bucket}.>", stream=f"KV_{self.bucket}", ordered_consumer=True,
                                  config=config)
-        self.ready.set()
         self._task = asyncio.create_task(self._follow(sub))
 
     async def _follow(self, sub: Any) -> None:

@@ -182,5 +182,5 @@ class NatsDoor:
         answer = msg.data or UNAVAILABLE  # no data: a status (503, no responders)
         if b'"error"' in answer[:16]:
             self.log.warning("NATS door: an input was not stored", kind=self.kind, reporter=waiting.reporter,
-                              code=refusal_code(answer))
+                             code=refusal_code(answer))
         await self._nc.publish(waiting.reply, answer)

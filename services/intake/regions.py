@@ -152,7 +152,7 @@ class RegionBook:
         """Take in one key's value at `revision` (None: deleted); an older revision than the one held is ignored."""
         if key == SINCE_KEY:
             if self.since is None or self.since[0] < revision:
-                self.since = (revision, value.decode()) if value else None
+                self.since = (revision, value.decode(errors="replace")) if value else None
             return
         if key in self.months and self.months[key][0] >= revision:
             return
