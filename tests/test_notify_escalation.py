@@ -251,11 +251,36 @@ def test_running_escalations_keep_their_policy_snapshot(policy: EscalationPolicy
     data["ack"]["ladder"]["levels"][1]["after"] = "3h"
     stricter = parse_policy(data, scale=SCALE)
     stored = ReferralState.model_validate_json(state.model_dump_json())
-    assert stored.escalation.policy == policy and stored.escalation.policy.version == "kalsel-2026.1"
+    assert stored.escalation.policy == policy.snapshot() and stored.escalation.policy.version == "kalsel-2026.1"
     step = fire(stored)
     assert step.next_timer is not None and step.next_timer.fire_at == T0 + h(24) + h(1)
     fresh = fire(started(stricter, priority=Priority.LOW))
     assert fresh.next_timer is not None and fresh.next_timer.fire_at == T0 + h(24) + h(3)
+
+
+def test_the_snapshot_leaves_the_statutory_clocks_to_the_referrals_own_runs(policy: EscalationPolicy) -> None:
+    snapshot = policy.snapshot()
+    assert policy.statutory and policy.default_statutory_ladder is not None
+    assert snapshot.statutory == [] and snapshot.default_statutory_ladder is None
+    assert (snapshot.version, snapshot.scale, snapshot.ack, snapshot.decision, snapshot.update) == (
+        policy.version, policy.scale, policy.ack, policy.decision, policy.update)
+    assert len(snapshot.model_dump_json()) < len(policy.model_dump_json()) / 3
+    state = started(policy, service=Service.SOCIAL_REHABILITATION, agency_type=AgencyType.SOCIAL_SERVICES)
+    assert [run.name for run in state.escalation.clocks] == ["rehab_request_7d"]
+    assert state.escalation.clocks[0].ladder == policy.clock("rehab_request_7d").ladder  # type: ignore[union-attr]
+
+
+def test_a_state_stored_with_the_whole_policy_runs_as_one_with_the_snapshot(policy: EscalationPolicy) -> None:
+    """States written before the snapshot left the statutory clocks out still read, and escalate the same."""
+    accepted_at = T0 + h(1)
+    state = started(policy, service=Service.SOCIAL_REHABILITATION, agency_type=AgencyType.SOCIAL_SERVICES)
+    state = arm(apply(state, S.ACCEPTED, "agency", at=accepted_at), accepted_at)
+    older = state.model_copy(update={"escalation": state.escalation.model_copy(update={"policy": policy})})
+    stored = ReferralState.model_validate_json(older.model_dump_json())
+    assert stored.escalation.policy == policy
+    assert arm(stored, accepted_at).escalation.timer == state.escalation.timer
+    mine, theirs = fire(state), fire(stored)
+    assert (theirs.action, theirs.recipient, theirs.next_timer) == (mine.action, mine.recipient, mine.next_timer)
 
 
 def test_fold_with_escalation_events_rebuilds_the_running_ladder(policy: EscalationPolicy) -> None:

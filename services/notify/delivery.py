@@ -2,9 +2,9 @@
 
 `notify-requests` owns a new referral: it creates its state and, for an agency that reads its own NATS
 consumer or its web inbox, marks it delivered at once (the request already sits where the agency looks).
-`notify-deliveries` posts events to webhook agencies (a referral's, and the rejection of the agency's own report): retried
-with backoff for days behind one circuit breaker per endpoint; a 410 disables the endpoint, and deliveries
-that are refused or given up are raised to the coordinator.
+`notify-deliveries` posts events to webhook agencies (a referral's, and the rejection of the agency's own
+report): retried with backoff for days behind one circuit breaker per endpoint; a 410 disables the endpoint,
+and deliveries that are refused or given up are raised to the coordinator.
 
 One endpoint never holds the others: `notify-deliveries` runs `DELIVERY_WORKERS` deliveries side by side
 (FastStream's `max_workers`, so a slow one does not hold back the rest of a fetched batch), and each

@@ -120,7 +120,8 @@ class Timer(BaseModel):
 
 
 class EscalationTrack(_Record):
-    """The policy snapshot this referral runs under, how far each ladder went, and the armed timer."""
+    """The policy snapshot this referral runs under (`EscalationPolicy.snapshot`: the statutory clocks are in
+    `clocks`), how far each ladder went, and the armed timer."""
 
     policy: EscalationPolicy
     generation: int = 0
@@ -246,7 +247,7 @@ def new_state(req: ReferralRequestedData, policy: EscalationPolicy, now: datetim
         statutory_clock=req.statutory_clock,
         replaces=req.replaces,
         history=[HistoryEntry(status=ReferralStatus.REQUESTED, at=requested_at, actor="referrer")],
-        escalation=EscalationTrack(policy=policy, clocks=_clock_runs(req, policy, requested_at)),
+        escalation=EscalationTrack(policy=policy.snapshot(), clocks=_clock_runs(req, policy, requested_at)),
     )
 
 
