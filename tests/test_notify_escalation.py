@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts.events import (
@@ -29,7 +31,7 @@ from services.notify.escalation import (
     next_timer,
     on_fire,
 )
-from services.notify.state import ReferralState, apply, fold, new_state
+from services.notify.state import ReferralState, TransitionRefused, apply, fold, new_state
 
 S = ReferralStatus
 POLICY_FILE = Path(__file__).resolve().parents[1] / "deploy" / "kalsel" / "escalation.yaml"
@@ -281,6 +283,49 @@ def test_a_state_stored_with_the_whole_policy_runs_as_one_with_the_snapshot(poli
     assert arm(stored, accepted_at).escalation.timer == state.escalation.timer
     mine, theirs = fire(state), fire(stored)
     assert (theirs.action, theirs.recipient, theirs.next_timer) == (mine.action, mine.recipient, mine.next_timer)
+
+
+WALK = st.lists(st.tuples(st.sampled_from([s for s in S if s is not S.REQUESTED]), st.integers(1, 400)),
+                max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(list(Service)), st.sampled_from(list(AgencyType)),
+       st.sampled_from([None, "rehab_request_7d", "lpsk_decision_7d", "tpks_report_to_police_72h", "not_in_policy"]),
+       st.sampled_from([None, 24, 72]), WALK, st.integers(0, 4))
+def test_a_referral_escalates_the_same_under_the_snapshot_as_under_the_whole_policy(
+    service: Service, agency_type: AgencyType, clock: str | None, sla_hours: int | None,
+    walk: list[tuple[S, int]], fires: int,
+) -> None:
+    """Whatever the referral, its clocks and its answers: the same deadlines, timers and escalation steps
+    whether its state carries the snapshot or the whole policy (as states stored before the snapshot do)."""
+    policy = load_policy(POLICY_FILE, scale=SCALE)
+    slim = started(policy, service=service, agency_type=agency_type, statutory_clock=clock, sla_hours=sla_hours)
+    whole = slim.model_copy(update={"escalation": slim.escalation.model_copy(update={"policy": policy})})
+    at = T0
+    for status, minutes in walk:
+        at += timedelta(minutes=minutes) * SCALE * 60
+        actor = {S.DELIVERED: "system", S.EXPIRED: "system", S.CANCELLED: "referrer"}.get(status, "agency")
+        reason = {S.REJECTED: "out_of_mandate", S.NOT_DELIVERED: "could_not_contact"}.get(status)
+        try:
+            slim = arm(apply(slim, status, actor, at=at, reason=reason), at)  # type: ignore[arg-type]
+        except TransitionRefused:
+            continue
+        whole = arm(apply(whole, status, actor, at=at, reason=reason), at)  # type: ignore[arg-type]
+    for _ in range(fires):
+        assert deadlines(whole) == deadlines(slim)
+        assert whole.escalation.timer == slim.escalation.timer
+        timer = slim.escalation.timer
+        if timer is None:
+            break
+        mine = on_fire(slim, timer, timer.fire_at, coordinators=GT)
+        theirs = on_fire(whole, timer, timer.fire_at, coordinators=GT)
+        assert (mine is None) == (theirs is None)
+        if mine is None or theirs is None:
+            break
+        assert (theirs.action, theirs.recipient, theirs.data, theirs.next_timer) == (
+            mine.action, mine.recipient, mine.data, mine.next_timer)
+        slim, whole = mine.state, theirs.state
 
 
 def test_fold_with_escalation_events_rebuilds_the_running_ladder(policy: EscalationPolicy) -> None:
