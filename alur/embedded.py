@@ -48,6 +48,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct free ports: two calls of `free_port` may return the same one, since each is released."""
+    ports: list[int] = []
+    while len(ports) < n:
+        if (port := free_port(host)) not in ports:
+            ports.append(port)
+    return ports
+
+
 @dataclass
 class EmbeddedServer:
     """One JetStream node on loopback with its store under `data_dir`; config rewritten and reloaded live."""

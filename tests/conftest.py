@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from alur.embedded import EmbeddedServer, free_port
+from alur.embedded import EmbeddedServer, free_port, free_ports
 from contracts.events import Case
 from domain.cases import case_id_for, new_case
 from domain.escalation_policy import EscalationPolicy, load_policy
@@ -121,15 +121,15 @@ class Running:
                          for s in ("intake", "routing", "notify", "board") if (self.data_dir / f"{s}.log").exists())
 
 
+HTTP_PORTS = ("ALUR_INTAKE_HTTP", "ALUR_ROUTING_HTTP", "ALUR_NOTIFY_HTTP", "ALUR_BOARD_HTTP")
+
+
 def alur_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALUR_")}
     env.update({
         "ALUR_DATA_DIR": str(data_dir),
         "ALUR_SLA_SCALE": "0.001",
-        "ALUR_INTAKE_HTTP": f"127.0.0.1:{free_port()}",
-        "ALUR_ROUTING_HTTP": f"127.0.0.1:{free_port()}",
-        "ALUR_NOTIFY_HTTP": f"127.0.0.1:{free_port()}",
-        "ALUR_BOARD_HTTP": f"127.0.0.1:{free_port()}",
+        **{name: f"127.0.0.1:{port}" for name, port in zip(HTTP_PORTS, free_ports(len(HTTP_PORTS)), strict=True)},
         "PYTHONUNBUFFERED": "1",
         **extra,
     })
@@ -138,7 +138,8 @@ def alur_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def start_alur(data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90) -> Running:
     env = env or alur_env(data_dir)
-    port = free_port()
+    taken = {env.get(name, "").rpartition(":")[2] for name in HTTP_PORTS}
+    port = next(p for p in free_ports(len(HTTP_PORTS) + 1) if str(p) not in taken)
     process = subprocess.Popen(
         [sys.executable, "-m", "alur.cli", "up", "--port", str(port), *args], env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,

@@ -38,7 +38,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from alur.embedded import free_port, nats_server_binary
+from alur.embedded import free_ports, nats_server_binary
 from tests.conftest import CONFIDENTIAL, REFERENCE_REPORT
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -200,15 +200,6 @@ def stop_all(servers: Sequence[Server]) -> None:
         server.stop()
 
 
-def fresh_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (two calls of free_port may return the same one)."""
-    ports: list[int] = []
-    while len(ports) < n:
-        if (port := free_port()) not in ports:
-            ports.append(port)
-    return ports
-
-
 def launch(build: Callable[[Path], list[Server]], base: Path, what: str, tries: int = 3) -> list[Server]:
     """Start the servers `build` makes in a fresh directory and wait until all serve. A port that another
     process took between free_port() and the server's bind is no failure: build again on new ports."""
@@ -291,7 +282,7 @@ async def _quiet(_: Exception) -> None:
 def cluster_nodes(base: Path, tls_dir: Path, user: str, password: str, route_password: str,
                   js_key: str) -> list[Server]:
     """The three shipped node configs, each in its own directory with an alur-auth.conf, not started yet."""
-    ports = fresh_ports(3 * len(NODES))
+    ports = free_ports(3 * len(NODES))
     route_ports = ports[:len(NODES)]
     nodes: list[Server] = []
     for i, (name, conf) in enumerate(zip(NODES, CLUSTER_CONFS, strict=True)):
@@ -448,7 +439,7 @@ def rogues(cluster: Cluster, tmp_path: Path) -> Iterator[list[Server]]:
 
     def build(directory: Path) -> list[Server]:
         directory.mkdir(parents=True)
-        ports = fresh_ports(3 * len(ROGUES))
+        ports = free_ports(3 * len(ROGUES))
         servers: list[Server] = []
         for i, (name, how) in enumerate(ROGUES.items()):
             creds = f"{ROUTE_USER}:{cluster.route_password}@" if how["password"] else ""
@@ -583,7 +574,7 @@ async def test_single_conf_serves_tls_only_and_encrypts_its_store(tmp_path: Path
         run.mkdir(parents=True)
         (run / SINGLE_CONF.name).symlink_to(SINGLE_CONF)
         (run / "alur-auth.conf").write_text(auth_include("alur-test", password))
-        client_port, monitor_port = fresh_ports(2)
+        client_port, monitor_port = free_ports(2)
         env = {**base_env(), **server_env(pki.dir, NODES[0], client_port=client_port, monitor_port=monitor_port,
                                           store=run / "store", js_key=js_key)}
         return [Server(NODES[0], run / SINGLE_CONF.name, env, client_port, monitor_port, run / "store")]

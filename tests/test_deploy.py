@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from alur.embedded import free_port, nats_server_binary
+from alur.embedded import free_ports, nats_server_binary
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -82,17 +82,19 @@ def operator_env(directory: Path, clustered: bool) -> dict[str, str]:
     clients_ca.cert_pem.write_to_path(str(tls / "ca.pem"))
     route_ca.cert_pem.write_to_path(str(tls / "route-ca.pem"))
     cert, key = issue(clients_ca, "node")
-    env = {"ALUR_NATS_LISTEN": f"127.0.0.1:{free_port()}", "ALUR_NATS_MONITOR": f"127.0.0.1:{free_port()}",
+    # distinct, or the server refuses the config ("Duplicate route entry detected" for two equal routes)
+    listen, monitor, cluster, *routes = free_ports(6)
+    env = {"ALUR_NATS_LISTEN": f"127.0.0.1:{listen}", "ALUR_NATS_MONITOR": f"127.0.0.1:{monitor}",
            "ALUR_NATS_TLS_CERT": cert, "ALUR_NATS_TLS_KEY": key, "ALUR_NATS_TLS_CA": str(tls / "ca.pem"),
            "ALUR_NATS_STORE_DIR": str(directory / "js"), "ALUR_JS_KEY": secrets.token_hex(32)}
     if clustered:
         route_cert, route_key = issue(route_ca, "route")
         password = secrets.token_hex(24)
-        env.update({"ALUR_NATS_CLUSTER_LISTEN": f"127.0.0.1:{free_port()}", "ALUR_NATS_ROUTE_TLS_CERT": route_cert,
+        env.update({"ALUR_NATS_CLUSTER_LISTEN": f"127.0.0.1:{cluster}", "ALUR_NATS_ROUTE_TLS_CERT": route_cert,
                     "ALUR_NATS_ROUTE_TLS_KEY": route_key, "ALUR_NATS_ROUTE_TLS_CA": str(tls / "route-ca.pem"),
                     "ALUR_NATS_ROUTE_PASSWORD": password})
-        for i in (1, 2, 3):
-            env[f"ALUR_NATS_ROUTE_{i}"] = f"nats-route://alur-route:{password}@127.0.0.1:{free_port()}"
+        for i, port in enumerate(routes, 1):
+            env[f"ALUR_NATS_ROUTE_{i}"] = f"nats-route://alur-route:{password}@127.0.0.1:{port}"
     return env
 
 
