@@ -189,3 +189,20 @@ def test_a_book_keeps_the_latest_revision_of_each_month() -> None:
     book.apply("since", b"2026-01", 4)
     book.apply("since", b"2026-03", 3)
     assert book.since == (4, "2026-01")
+
+
+async def test_a_book_that_moves_since_back_knows_it_before_its_follow_does(nc: Client) -> None:
+    """A later case must be judged from the `since` an earlier-month case just moved back, even when the
+    bucket's follow has not delivered that write yet (here the book follows nothing)."""
+    js = nc.jetstream(timeout=10)
+    await provision(js)
+    book = RegionBook()
+
+    async def say(flag: RegionFlaggedData) -> None:
+        raise AssertionError(f"nothing flags here: {flag}")
+
+    await tally(js, synthetic_case(0, "6371", "2026-05"), say, book)
+    assert book.since is not None and book.since[1] == "2026-05"
+    await tally(js, synthetic_case(1, "6371", "2026-03"), say, book)
+    stored = await (await js.key_value(Bucket.REGIONS)).get("since")
+    assert stored.value == b"2026-03" and book.since == (stored.revision, "2026-03")

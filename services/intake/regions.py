@@ -97,20 +97,19 @@ async def _update(kv: KeyValue, key: str, change: Callable[[RegionMonth | None],
     raise CountConflict(f"regions record {key} kept changing")
 
 
-async def _since(kv: KeyValue, month: str) -> str:
-    """The first month counted (kept under `since`): months before it are unknown, not zero."""
+async def _since(kv: KeyValue, month: str) -> tuple[str, int]:
+    """The first month counted (kept under `since`), moved back to `month` if it is later, and its revision:
+    months before it are unknown, not zero."""
     for _ in range(CAS_ATTEMPTS):
         try:
             entry = await kv.get(SINCE_KEY)
             since = (entry.value or b"").decode()
             if since and since <= month:
-                return since
-            await kv.update(SINCE_KEY, month.encode(), last=entry.revision)
-            return month
+                return since, entry.revision
+            return month, await kv.update(SINCE_KEY, month.encode(), last=entry.revision)
         except KeyNotFoundError:
             try:
-                await kv.create(SINCE_KEY, month.encode())
-                return month
+                return month, await kv.create(SINCE_KEY, month.encode())
             except KeyWrongLastSequenceError:
                 continue
         except KeyWrongLastSequenceError:
@@ -170,6 +169,11 @@ class RegionBook:
             self.months[key] = (revision, MonthCounts(regency=record.regency, month=record.month,
                                                       counts=record.counts))
 
+    def took_since(self, since: str, revision: int) -> None:
+        """This process read or stored `since` at `revision` (moving it back, the next case must see it)."""
+        if self.since is None or self.since[0] < revision:
+            self.since = (revision, since)
+
     def month(self, regency: str, month: str) -> MonthCounts | None:
         held = self.months.get(month_key(regency, month))
         return held[1] if held else None
@@ -192,15 +196,16 @@ async def tally(js: JetStreamContext, case: Case, say: Callable[[RegionFlaggedDa
     count = _update(kv, key, lambda r: counted(r or RegionMonth(regency=case.regency, month=month), case))
     earlier: list[MonthCounts | RegionMonth | None]
     if book is None:
-        (record, revision), since, *earlier = await together(count, _since(kv, month),
-                                                              *(_month(kv, regency, m) for m in months))
+        (record, revision), (since, _), *earlier = await together(count, _since(kv, month),
+                                                                   *(_month(kv, regency, m) for m in months))
     else:
         known = book.since[1] if book.since else None
         if known is not None and known <= month:
             record, revision = await count
             since = known
         else:
-            (record, revision), since = await together(count, _since(kv, month))
+            (record, revision), (since, since_revision) = await together(count, _since(kv, month))
+            book.took_since(since, since_revision)
         book.took(key, record, revision)
         earlier = [book.month(regency, m) for m in months]
     history = [r for r in earlier if r is not None]
